@@ -1,0 +1,38 @@
+"""vLLM entry points of vllm-neuronchip: cheap, idempotent, imports deferred to first use.
+
+`register` runs in every vLLM process (API server, engine core, workers, model inspection);
+`register_platform` decides whether the opt-in `neuronchip` platform replaces the host platform.
+"""
+
+ARCHITECTURE = "GLAswaForCausalLM"
+MODEL_TYPE = "gla_swa"
+
+
+def register() -> None:
+    """vllm.general_plugins: HF config class, model architecture and engine-config hook."""
+    from transformers import AutoConfig
+    from vllm import ModelRegistry
+
+    from vllm_neuronchip.model_executor.config import GLAswaConfig
+
+    AutoConfig.register(MODEL_TYPE, GLAswaConfig, exist_ok=True)
+    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(ARCHITECTURE, "vllm_neuronchip.model_executor.spikingbrain:GLAswaForCausalLM")
+
+    from vllm_neuronchip.model_executor.engine_config import register_engine_config_hook
+    from vllm_neuronchip.platform.cpu_support import enable_amx_for_this_process
+
+    register_engine_config_hook()
+    enable_amx_for_this_process()
+
+
+def register_platform() -> str | None:
+    """vllm.platform_plugins: None (host platform) unless NEURONCHIP_PLATFORM=1."""
+    from vllm_neuronchip.settings import get_settings
+
+    if not get_settings().platform:
+        return None
+    raise RuntimeError(
+        "NEURONCHIP_PLATFORM=1 asks for the neuronchip platform, which this version does not ship yet; "
+        "unset NEURONCHIP_PLATFORM to serve on the host platform."
+    )

@@ -1,0 +1,60 @@
+"""Engine-config hook for GLAswaForCausalLM: checks and defaults applied before vLLM sizes caches.
+
+vLLM calls `verify_and_update_config` for the architecture (via `MODELS_CONFIG_MAP`) before the
+platform adjusts the config, so a bad tensor-parallel size fails with a clear message at startup.
+"""
+
+import os
+
+from vllm.logger import init_logger
+
+from vllm_neuronchip import ARCHITECTURE
+
+logger = init_logger("vllm.neuronchip.engine_config")
+
+
+def check_tensor_parallel_size(num_heads: int, num_kv_heads: int, tp_size: int) -> None:
+    """Heads, KV heads and GLA states are sharded, never replicated: TP must divide the KV heads."""
+    if num_kv_heads % tp_size or num_heads % tp_size:
+        raise ValueError(
+            f"tensor_parallel_size={tp_size} does not divide the model's {num_kv_heads} KV heads "
+            f"and {num_heads} query heads; GLAswaForCausalLM supports TP sizes that divide "
+            f"{num_kv_heads} (e.g. {[t for t in range(1, num_kv_heads + 1) if num_kv_heads % t == 0]})."
+        )
+
+
+class GLAswaEngineConfig:
+    @staticmethod
+    def verify_and_update_config(vllm_config) -> None:
+        hf_config = vllm_config.model_config.hf_config
+        check_tensor_parallel_size(
+            hf_config.num_attention_heads,
+            hf_config.num_key_value_heads,
+            vllm_config.parallel_config.tensor_parallel_size,
+        )
+        _default_cpu_kv_cache(vllm_config)
+
+    @staticmethod
+    def verify_and_update_model_config(model_config) -> None:
+        return
+
+
+def _default_cpu_kv_cache(vllm_config) -> None:
+    from vllm.platforms import current_platform
+
+    from vllm_neuronchip.settings import get_settings
+
+    cache_config = vllm_config.cache_config
+    if not current_platform.is_cpu() or cache_config.kv_cache_memory_bytes is not None:
+        return
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return
+    gib = get_settings().cpu_kv_cache_gib
+    cache_config.kv_cache_memory_bytes = int(gib * (1 << 30))
+    logger.info("KV cache on CPU set to %.1f GiB (NEURONCHIP_CPU_KV_CACHE_GIB).", gib)
+
+
+def register_engine_config_hook() -> None:
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+
+    MODELS_CONFIG_MAP.setdefault(ARCHITECTURE, GLAswaEngineConfig)

