@@ -6,7 +6,6 @@ import pytest
 
 # In-process engine, deterministic and fast to start; float32 for exact comparisons.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 def pytest_collection_modifyitems(config, items):

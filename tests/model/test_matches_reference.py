@@ -40,19 +40,19 @@ def free_llm(llm) -> None:
     cleanup_dist_env_and_memory()
 
 
-def generate(llm, prompts: list[list[int]], prompt_logprobs: bool = True):
+def generate(llm, prompts: list[list[int]], prompt_logprobs: bool = True, max_tokens: int = MAX_TOKENS):
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     params = SamplingParams(
-        max_tokens=MAX_TOKENS, temperature=0.0, logprobs=0, prompt_logprobs=0 if prompt_logprobs else None,
+        max_tokens=max_tokens, temperature=0.0, logprobs=0, prompt_logprobs=0 if prompt_logprobs else None,
         ignore_eos=True,
     )
     return llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
 
 
 def assert_matches_reference(output, prompt, tensors, config, check_prompt_logprobs=True):
-    ref_tokens, ref_logprobs = reference_greedy(prompt, tensors, config, MAX_TOKENS)
+    ref_tokens, ref_logprobs = reference_greedy(prompt, tensors, config, len(output.outputs[0].token_ids))
     got = list(output.outputs[0].token_ids)
     assert got == ref_tokens, f"prompt of {len(prompt)} tokens: vLLM {got} != reference {ref_tokens}"
     for step, (token, logprobs) in enumerate(zip(got, output.outputs[0].logprobs)):
@@ -107,14 +107,21 @@ def preemption_count(llm) -> float:
     return sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
 
 
-def test_preemption_recomputes_state(tiny_checkpoint):
-    directory, tensors, config = tiny_checkpoint
-    engine = make_llm(directory, kv_cache_memory_bytes=1 << 20, max_num_seqs=6, enable_prefix_caching=False)
+def test_preemption_recomputes_state(tmp_path):
+    """A window longer than the prompts makes decodes grow their KV blocks; a tight budget then
+    forces vLLM to preempt and later re-prefill requests, rebuilding their GLA states."""
+    from vllm_neuronchip.tiny_checkpoint import TinySpec, save_checkpoint
+
+    spec = TinySpec(sliding_window=256, seed=1)
+    tensors = save_checkpoint(tmp_path, spec)
+    engine = make_llm(
+        tmp_path, kv_cache_memory_bytes=512 << 10, block_size=32, enable_prefix_caching=False,
+    )
     try:
-        prompts = [random_prompt(n, seed=500 + n) for n in (120, 130, 140, 150, 160, 170)]
-        outputs = generate(engine, prompts, prompt_logprobs=False)
+        prompts = [random_prompt(n, seed=500 + n) for n in range(60, 140, 10)]
+        outputs = generate(engine, prompts, prompt_logprobs=False, max_tokens=64)
         assert preemption_count(engine) > 0, "the KV budget was meant to force preemption"
     finally:
         free_llm(engine)
     for prompt, output in zip(prompts, outputs):
-        assert_matches_reference(output, prompt, tensors, config, check_prompt_logprobs=False)
+        assert_matches_reference(output, prompt, tensors, spec.config(), check_prompt_logprobs=False)
