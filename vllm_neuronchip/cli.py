@@ -29,7 +29,7 @@ def wait_until_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> 
     from tqdm import tqdm
 
     deadline = time.monotonic() + timeout_s
-    with tqdm(desc="starting vLLM server", unit="s", bar_format="{desc}: {elapsed}") as bar:
+    with tqdm(desc="starting vLLM server", unit="s", bar_format="{desc}: {elapsed}", mininterval=5) as bar:
         while time.monotonic() < deadline:
             if server.poll() is not None:
                 raise RuntimeError(f"vLLM server exited with code {server.returncode} before it was ready")

@@ -1,0 +1,50 @@
+"""Entry points: registered, idempotent, and the platform plugin stays out unless asked for."""
+
+from importlib.metadata import entry_points
+
+import pytest
+
+from vllm_neuronchip import ARCHITECTURE, MODEL_TYPE, register, register_platform
+from vllm_neuronchip.model_executor.engine_config import check_tensor_parallel_size
+from vllm_neuronchip.settings import get_settings
+
+
+def test_entry_points_are_installed():
+    general = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
+    platform = {e.name: e.value for e in entry_points(group="vllm.platform_plugins")}
+    assert general.get("neuronchip_model") == "vllm_neuronchip:register"
+    assert platform.get("neuronchip") == "vllm_neuronchip:register_platform"
+
+
+def test_general_plugin_registers_config_and_architecture_idempotently():
+    from transformers import AutoConfig
+    from vllm import ModelRegistry
+    from vllm.plugins import load_general_plugins
+
+    load_general_plugins()
+    register()  # a second call in the same process must be harmless
+    assert ARCHITECTURE in ModelRegistry.get_supported_archs()
+    assert type(AutoConfig.for_model(MODEL_TYPE)).__name__ == "GLAswaConfig"
+
+
+def test_platform_plugin_is_opt_in(monkeypatch):
+    get_settings.cache_clear()
+    assert register_platform() is None
+    monkeypatch.setenv("NEURONCHIP_PLATFORM", "1")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="NEURONCHIP_PLATFORM"):
+            register_platform()
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_tensor_parallel_sizes_that_divide_kv_heads_are_accepted(tp):
+    check_tensor_parallel_size(num_heads=28, num_kv_heads=4, tp_size=tp)
+
+
+@pytest.mark.parametrize("tp", [3, 7, 8])
+def test_other_tensor_parallel_sizes_are_refused_clearly(tp):
+    with pytest.raises(ValueError, match=rf"tensor_parallel_size={tp} does not divide .* 4 KV heads"):
+        check_tensor_parallel_size(num_heads=28, num_kv_heads=4, tp_size=tp)
