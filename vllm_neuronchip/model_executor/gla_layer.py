@@ -20,7 +20,7 @@ from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 import vllm.model_executor.layers.mamba.linear.minimax_linear_attn  # noqa: F401
 
 from vllm_neuronchip.model_executor.config import GLAswaConfig
-from vllm_neuronchip.ops.gla.naive import gla_decode, gla_varlen  # TEMP
+from vllm_neuronchip.ops.gla import gla_decode, gla_varlen
 
 
 def gla_state_shape(config: GLAswaConfig, tp_size: int) -> tuple[int, int, int]:
