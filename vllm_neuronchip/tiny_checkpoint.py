@@ -98,8 +98,14 @@ def save_checkpoint(
     directory: Path | str, spec: TinySpec = TinySpec(), *, weight_format: str = "safetensors", shards: int = 1
 ) -> dict[str, torch.Tensor]:
     """Write config, tokenizer and weights ('safetensors' or 'bin', in `shards` files); return the tensors."""
-    from safetensors.torch import save_file
+    config = write_model_files(directory, spec)
+    tensors = random_tensors(config, spec.seed)
+    write_weights(directory, tensors, weight_format=weight_format, shards=shards)
+    return tensors
 
+
+def write_model_files(directory: Path | str, spec: TinySpec, config_overrides: dict | None = None) -> GLAswaConfig:
+    """Write tokenizer, config.json (as released, plus `config_overrides`) and generation_config.json."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = spec.config()
@@ -115,10 +121,19 @@ def save_checkpoint(
         config_json.pop(key, None)
     if config.gate_low_rank_dim == GLAswaConfig.gate_low_rank_dim:
         config_json.pop("gate_low_rank_dim")
+    config_json |= config_overrides or {}
     (directory / "config.json").write_text(json.dumps(config_json, indent=2))
     (directory / "generation_config.json").write_text(json.dumps({"bos_token_id": eos, "eos_token_id": eos}))
+    return config
 
-    tensors = random_tensors(config, spec.seed)
+
+def write_weights(
+    directory: Path | str, tensors: dict[str, torch.Tensor], *, weight_format: str = "safetensors", shards: int = 1
+) -> None:
+    """Write tensors as released checkpoints do: one file, or `shards` files plus an index."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
     names = list(tensors)
     suffix = "safetensors" if weight_format == "safetensors" else "bin"
     prefix = "model" if weight_format == "safetensors" else "pytorch_model"
@@ -134,5 +149,3 @@ def save_checkpoint(
     if shards > 1:
         index = {"metadata": {}, "weight_map": weight_map}
         (directory / f"{prefix}.{suffix}.index.json").write_text(json.dumps(index, indent=2))
-    return tensors
-

@@ -4,9 +4,12 @@ Every expected tensor name and shape is derived from config.json, so a checkpoin
 match fails with the tensor's name and both shapes instead of a late shape error inside vLLM.
 """
 
+import json
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from vllm_neuronchip.model_executor.config import SWA_LAYER, GLAswaConfig
 
@@ -61,10 +64,10 @@ def expected_tensor_shapes(config: GLAswaConfig) -> dict[str, tuple[int, ...]]:
 
 
 def checked_tensors(
-    weights: Iterable[tuple[str, torch.Tensor]], expected: dict[str, tuple[int, ...]]
+    weights: Iterable[tuple[str, torch.Tensor]], expected: dict[str, tuple[int | None, ...]]
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield checkpoint tensors after checking each name and shape; raise on the first mismatch,
-    and after the last tensor if any expected tensor never came."""
+    """Yield checkpoint tensors after checking each name and shape (a None dimension has any length);
+    raise on the first mismatch, and after the last tensor if any expected tensor never came."""
     missing = dict(expected)
     for name, tensor in weights:
         if name.endswith(IGNORED_SUFFIXES):
@@ -74,7 +77,8 @@ def checked_tensors(
                 f"unexpected tensor {name!r} with shape {tuple(tensor.shape)} in the checkpoint; "
                 "it is not part of the SpikingBrain layout for this config.json"
             )
-        if tuple(tensor.shape) != expected[name]:
+        shape = expected[name]
+        if len(tensor.shape) != len(shape) or any(e is not None and e != n for e, n in zip(shape, tensor.shape)):
             raise CheckpointMismatchError(
                 f"tensor {name!r} has shape {tuple(tensor.shape)} in the checkpoint, "
                 f"but config.json implies {expected[name]}"
@@ -87,3 +91,21 @@ def checked_tensors(
             f"{len(names)} tensor(s) missing from the checkpoint, e.g. {names[0]!r} "
             f"with shape {missing[names[0]]}: {names[:8]}"
         )
+
+
+def checkpoint_tensor_names(model_dir: str | Path) -> set[str]:
+    """Tensor names of a local checkpoint, read from index files or file headers (no weights loaded);
+    empty for a directory without weights (e.g. `--load-format dummy`) or a hub id."""
+    directory = Path(model_dir)
+    if not directory.is_dir():
+        return set()
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (directory / index).exists():
+            return set(json.loads((directory / index).read_text())["weight_map"])
+    names = set()
+    for file in directory.glob("*.safetensors"):
+        with safe_open(file, framework="pt") as f:
+            names |= set(f.keys())
+    for file in directory.glob("*.bin"):
+        names |= set(torch.load(file, map_location="cpu", mmap=True, weights_only=True))
+    return names

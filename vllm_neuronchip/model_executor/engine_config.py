@@ -36,7 +36,19 @@ class GLAswaEngineConfig:
 
     @staticmethod
     def verify_and_update_model_config(model_config) -> None:
-        return
+        """Read the checkpoint's layout from its tensor names: a full-rank gate, the released W8ASpike
+        scales. Runs before vLLM resolves quantization, so `vllm serve DIR` needs no flags."""
+        from vllm_neuronchip.model_executor.checkpoint import checkpoint_tensor_names
+
+        names = checkpoint_tensor_names(model_config.model)
+        hf_config = model_config.hf_config
+        if any(n.endswith(".attn.gk_proj.weight") for n in names):
+            hf_config.gate_low_rank_dim = None
+        released_w8aspike = any(n.endswith(".weight_quantizer.scales") for n in names)
+        if released_w8aspike and getattr(hf_config, "quantization_config", None) is None:
+            hf_config.quantization_config = {"quant_method": "w8aspike", "format": "released"}
+            model_config.model_arch_config.quantization_config = hf_config.quantization_config
+            logger.info("Checkpoint has W8ASpike weight_quantizer.scales: serving it with w8aspike.")
 
 
 def _default_cpu_kv_cache(vllm_config) -> None:

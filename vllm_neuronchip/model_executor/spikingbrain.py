@@ -27,6 +27,9 @@ from vllm.sequence import IntermediateTensors
 from vllm_neuronchip.model_executor.checkpoint import checked_tensors, expected_tensor_shapes
 from vllm_neuronchip.model_executor.config import SWA_LAYER, GLAswaConfig
 from vllm_neuronchip.model_executor.gla_layer import GatedLinearAttention, gla_state_shape
+from vllm_neuronchip.quantization.checkpoint import expected_w8aspike_tensors
+from vllm_neuronchip.quantization.reference import kv_int8, spike_counts
+from vllm_neuronchip.quantization.w8aspike import W8ASpikeConfig, loadable_tensors
 
 # (fused vLLM parameter, checkpoint sub-module, shard id)
 STACKED_PARAMS = (
@@ -65,11 +68,12 @@ class SlidingWindowAttention(nn.Module):
     def __init__(self, config: GLAswaConfig, vllm_config: VllmConfig, prefix: str):
         super().__init__()
         tp_size = get_tensor_model_parallel_world_size()
-        d = config.head_dim
+        d = self.head_dim = config.head_dim
         self.num_heads = config.num_attention_heads // tp_size
         self.num_kv_heads = config.num_key_value_heads // tp_size
         self.q_size, self.kv_size = self.num_heads * d, self.num_kv_heads * d
         quant_config = vllm_config.quant_config
+        self.w8aspike = quant_config if isinstance(quant_config, W8ASpikeConfig) else None
         self.qkv_proj = QKVParallelLinear(
             config.hidden_size, d, config.num_attention_heads, config.num_key_value_heads,
             bias=True, quant_config=quant_config, prefix=f"{prefix}.qkv_proj",
@@ -93,7 +97,17 @@ class SlidingWindowAttention(nn.Module):
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_proj(x)[0].split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q, k = self.rotary_emb(positions, q, k)
+        if self.w8aspike:
+            q, k, v = self.quantize_attention_inputs(q, k, v)
         return self.o_proj(self.attn(q, k, v))[0]
+
+    def quantize_attention_inputs(self, q, k, v):
+        """W8ASpike after RoPE: Q spiked per (token, head), K and V INT8 per (token, KV head) (spec D7);
+        per token, so the KV cache holds the quantized values."""
+        s, vth = spike_counts(q.view(-1, self.num_heads, self.head_dim), self.w8aspike.k)
+        q = (s * vth).to(q.dtype).view_as(q)
+        k, v = (torch.mul(*kv_int8(t.view(-1, self.num_kv_heads, self.head_dim))).to(t.dtype).view_as(t) for t in (k, v))
+        return q, k, v
 
 
 class GLAswaDecoderLayer(nn.Module):
@@ -162,6 +176,7 @@ class GLAswaForCausalLM(nn.Module, HasInnerState, IsHybrid, SupportsQuant):
         super().__init__()
         config = vllm_config.model_config.hf_config
         self.config = config
+        self.quant_config = vllm_config.quant_config
         self.model = GLAswaModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, prefix=maybe_prefix(prefix, "lm_head"))
         if config.tie_word_embeddings:
@@ -199,7 +214,13 @@ class GLAswaForCausalLM(nn.Module, HasInnerState, IsHybrid, SupportsQuant):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         params = dict(self.named_parameters())
         loaded = set()
-        for name, tensor in checked_tensors(weights, expected_tensor_shapes(self.config)):
+        if isinstance(self.quant_config, W8ASpikeConfig):
+            layout = expected_w8aspike_tensors(self.config, self.quant_config.layout)
+            tensors = loadable_tensors(checked_tensors(weights, {n: shape for n, (shape, _) in layout.items()}),
+                                       self.quant_config)
+        else:
+            tensors = checked_tensors(weights, expected_tensor_shapes(self.config))
+        for name, tensor in tensors:
             for fused, original, shard in STACKED_PARAMS:
                 if f".{original}." in name:
                     param_name = name.replace(f".{original}.", f".{fused}.")

@@ -1,0 +1,103 @@
+"""vLLM serves tiny W8ASpike checkpoints (released layout, detected from tensor names; compact layout,
+from quantization_config) identically to the fp64 W8ASpike reference; the spike path equals the
+integer path bit for bit; malformed checkpoints fail naming the tensor.
+
+Spike rounding is discontinuous (spec D11): token identity holds here because these fixed prompts sit
+far from rounding boundaries in the reference; a change of platform could move one onto a boundary.
+"""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.model.test_matches_reference import free_llm, generate, make_llm, random_prompt
+from vllm_neuronchip.model_executor.checkpoint import CheckpointMismatchError
+from vllm_neuronchip.quantization.checkpoint import full_rank, save_w8aspike_checkpoint
+from vllm_neuronchip.quantization.reference import w8aspike_reference_greedy
+from vllm_neuronchip.settings import get_settings
+from vllm_neuronchip.tiny_checkpoint import TinySpec
+
+PROMPT_LENGTHS = (1, 7, 40, 150)
+LOGPROB_TOL = 1e-3
+
+
+def serve(directory, prompts, **overrides):
+    llm = make_llm(directory, **overrides)
+    try:
+        quant = llm.llm_engine.vllm_config.quant_config
+        return generate(llm, prompts, prompt_logprobs=False), quant
+    finally:
+        free_llm(llm)
+
+
+@pytest.fixture(scope="module", params=["released", "compact"])
+def w8aspike_checkpoint(request, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(f"w8aspike-{request.param}")
+    spec = TinySpec()
+    tensors = save_w8aspike_checkpoint(directory, spec, request.param, shards=2)
+    return request.param, directory, tensors, full_rank(spec.config())
+
+
+def test_served_tokens_match_w8aspike_reference(w8aspike_checkpoint):
+    layout, directory, tensors, config = w8aspike_checkpoint
+    prompts = [random_prompt(n, seed=n) for n in PROMPT_LENGTHS]
+    outputs, quant = serve(directory, prompts)
+    assert quant.get_name() == "w8aspike" and quant.layout == layout
+    for prompt, output in zip(prompts, outputs):
+        tokens = list(output.outputs[0].token_ids)
+        ref_tokens, ref_logprobs = w8aspike_reference_greedy(prompt, tensors, config, len(tokens))
+        assert tokens == ref_tokens, f"{layout}, prompt of {len(prompt)}: vLLM {tokens} != reference {ref_tokens}"
+        for step, (token, logprobs) in enumerate(zip(tokens, output.outputs[0].logprobs)):
+            assert math.isclose(logprobs[token].logprob, float(ref_logprobs[step][token]), abs_tol=LOGPROB_TOL)
+
+
+def test_spike_path_equals_integer_path(w8aspike_checkpoint, monkeypatch):
+    _, directory, _, _ = w8aspike_checkpoint
+    prompts = [random_prompt(n, seed=n) for n in (7, 40)]
+    integer, _ = serve(directory, prompts)
+    monkeypatch.setenv("NEURONCHIP_W8ASPIKE_PATH", "spike")
+    get_settings.cache_clear()
+    try:
+        spike, _ = serve(directory, prompts)
+    finally:
+        monkeypatch.delenv("NEURONCHIP_W8ASPIKE_PATH")
+        get_settings.cache_clear()
+    for a, b in zip(integer, spike):
+        assert list(a.outputs[0].token_ids) == list(b.outputs[0].token_ids)
+        assert [lp[t].logprob for lp, t in zip(a.outputs[0].logprobs, a.outputs[0].token_ids)] == [
+            lp[t].logprob for lp, t in zip(b.outputs[0].logprobs, b.outputs[0].token_ids)
+        ]
+
+
+def rewrite(directory, change):
+    for file in sorted(directory.glob("model*.safetensors")):
+        tensors = load_file(file)
+        change(tensors)
+        save_file(tensors, file, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("missing scales", r"missing.*'model\.layers\.0\.attn\.q_proj\.weight_quantizer\.scales'"),
+        ("wrong group size", r"'model\.layers\.0\.attn\.q_proj\.weight_quantizer\.scales' has shape \(128, 2, 1\)"),
+        ("weight shape", r"'model\.layers\.1\.mlp\.up_proj\.weight' has shape \(255, 128\)"),
+    ],
+)
+def test_malformed_released_checkpoint_fails_naming_the_tensor(tmp_path, breakage, message):
+    save_w8aspike_checkpoint(tmp_path, TinySpec(), "released", shards=2)
+    scales = "model.layers.0.attn.q_proj.weight_quantizer.scales"
+
+    def change(tensors):
+        if breakage == "missing scales":
+            tensors.pop(scales, None)
+        elif breakage == "wrong group size" and scales in tensors:
+            tensors[scales] = torch.ones(128, 2, 1)
+        elif breakage == "weight shape" and "model.layers.1.mlp.up_proj.weight" in tensors:
+            tensors["model.layers.1.mlp.up_proj.weight"] = torch.zeros(255, 128)
+
+    rewrite(tmp_path, change)
+    with pytest.raises(CheckpointMismatchError, match=message):
+        make_llm(tmp_path)

@@ -1,0 +1,154 @@
+"""`--quantization w8aspike`: integer weight codes with group-128 scales, activations as spike counts.
+
+Semantics per spec D5-D7: per-token `vth = mean|x| / k`, `s = round(x / vth)` (no clamp), codes
+`round(W / σ)` (no clamp), `down_proj` left in float; execution path chosen by settings.
+"""
+
+from typing import Any
+
+import torch
+from vllm.logger import init_logger
+from vllm.model_executor.layers.linear import (
+    LinearBase,
+    LinearMethodBase,
+    UnquantizedLinearMethod,
+    register_weight_loader_v2_supported_method,
+)
+from vllm.model_executor.layers.quantization import register_quantization_config
+from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
+from vllm.model_executor.parameter import GroupQuantScaleParameter, ModelWeightParameter
+
+from vllm_neuronchip.quantization.checkpoint import COMPACT_SCALE, OVERFLOW_PARTS, RELEASED_SCALES, compact_codes
+from vllm_neuronchip.quantization.reference import spike_counts, weight_codes
+from vllm_neuronchip.quantization.spike_linear import EmulatedSpikeBackend, ExecutionPath, spike_linear
+
+logger = init_logger("vllm.neuronchip.w8aspike")
+
+LAYOUTS = ("released", "compact")
+_spike_backend = EmulatedSpikeBackend()
+
+
+def set_spike_backend(backend) -> None:
+    """Route the `spike` execution path to a spike device (the neuronchip platform calls this)."""
+    global _spike_backend
+    _spike_backend = backend
+
+
+@register_quantization_config("w8aspike")
+class W8ASpikeConfig(QuantizationConfig):
+    def __init__(self, layout: str = "released", group_size: int = 128, k: float = 3.0, spike_down_proj: bool = False):
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"w8aspike quantization_config 'format' must be one of {LAYOUTS}, got {layout!r}")
+        if group_size != 128:
+            raise ValueError(f"w8aspike uses weight groups of 128 input features, got group_size={group_size}")
+        self.layout, self.group_size, self.k, self.spike_down_proj = layout, group_size, float(k), spike_down_proj
+
+    def get_name(self) -> str:
+        return "w8aspike"
+
+    def get_supported_act_dtypes(self) -> list[torch.dtype]:
+        return [torch.float32, torch.bfloat16, torch.float16]
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return 0
+
+    @staticmethod
+    def get_config_filenames() -> list[str]:
+        return []
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "W8ASpikeConfig":
+        return cls(
+            layout=config.get("format", "released"), group_size=config.get("group_size", 128),
+            k=config.get("k", 3.0), spike_down_proj=config.get("spike_down_proj", False),
+        )
+
+    def is_quantized(self, prefix: str) -> bool:
+        """q/k/v/o, the full-rank gate, gate/up; not down_proj (spec D7) nor a low-rank gate."""
+        if ".gk_proj." in f"{prefix}.":
+            return prefix.endswith(".gk_proj")
+        return self.spike_down_proj or not prefix.endswith(".down_proj")
+
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str):
+        if not isinstance(layer, LinearBase):
+            return None
+        return W8ASpikeLinearMethod(self) if self.is_quantized(prefix) else UnquantizedLinearMethod()
+
+
+@register_weight_loader_v2_supported_method
+class W8ASpikeLinearMethod(LinearMethodBase):
+    """Loads float weights (released layout) or int16 codes (compact layout, densified by the loader),
+    keeps int16 codes and fp32 scales, and runs the configured execution path."""
+
+    def __init__(self, config: W8ASpikeConfig):
+        self.config = config
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        group = self.config.group_size
+        if input_size_per_partition % group:
+            raise ValueError(
+                f"w8aspike needs input features per rank divisible by {group}, got {input_size_per_partition}"
+            )
+        weight_loader = extra_weight_attrs["weight_loader"]
+        out = sum(output_partition_sizes)
+        stored = torch.float32 if self.config.layout == "released" else torch.int16
+        layer.register_parameter("weight", ModelWeightParameter(
+            data=torch.empty(out, input_size_per_partition, dtype=stored),
+            input_dim=1, output_dim=0, weight_loader=weight_loader,
+        ))
+        layer.register_parameter("weight_scale", GroupQuantScaleParameter(
+            data=torch.empty(out, input_size_per_partition // group, dtype=torch.float32),
+            input_dim=1, output_dim=0, weight_loader=weight_loader,
+        ))
+
+    def process_weights_after_loading(self, layer) -> None:
+        scales = layer.weight_scale.data
+        if self.config.layout == "released":
+            codes = weight_codes(layer.weight.data, scales)
+            if codes.abs().max() > torch.iinfo(torch.int16).max:
+                raise ValueError("w8aspike weight codes exceed int16; the scales do not match the weights")
+            codes = codes.to(torch.int16)
+        else:
+            codes = layer.weight.data
+        layer.weight = torch.nn.Parameter(codes, requires_grad=False)
+        layer.weight_scale = torch.nn.Parameter(scales, requires_grad=False)
+
+    def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        from vllm_neuronchip.settings import get_settings
+
+        rows = x.reshape(-1, x.shape[-1])
+        s, vth = spike_counts(rows, self.config.k)
+        y = spike_linear(
+            s, vth, layer.weight, layer.weight_scale, bias,
+            path=ExecutionPath(get_settings().w8aspike_path), backend=_spike_backend,
+        )
+        return y.to(x.dtype).view(*x.shape[:-1], -1)
+
+
+def loadable_tensors(weights, config: W8ASpikeConfig):
+    """Checkpoint tensors -> the model's parameter tensors: released `weight_quantizer.scales`
+    [out, G, 1] become `weight_scale` [out, G]; compact int8 codes + overflow COO become exact int16
+    codes; `down_proj` scales are dropped unless down_proj is spiked (spec D7)."""
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in weights:
+        part = next((p for p in OVERFLOW_PARTS if name.endswith(p)), None)
+        if name.endswith(RELEASED_SCALES):
+            module = name.removesuffix(RELEASED_SCALES)
+            if config.is_quantized(module):
+                yield module + COMPACT_SCALE, tensor.squeeze(-1).float()
+            else:
+                logger.info_once("w8aspike: ignoring the stored scales of unquantized %s", module.rsplit(".", 1)[-1])
+        elif config.layout == "compact" and (part or (name.endswith(".weight") and tensor.dtype == torch.int8)):
+            module = name.removesuffix(part or ".weight")
+            parts = pending.setdefault(module, {})
+            parts[name] = tensor
+            if len(parts) == 1 + len(OVERFLOW_PARTS):
+                yield module + ".weight", compact_codes(pending.pop(module), module).to(torch.int16)
+        else:
+            yield name, tensor
+    if pending:
+        module, parts = next(iter(pending.items()))
+        raise ValueError(f"compact w8aspike codes of {module!r} are incomplete: only {sorted(parts)} were found")
