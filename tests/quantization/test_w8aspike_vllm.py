@@ -16,6 +16,7 @@ from tests.model.test_matches_reference import free_llm, generate, make_llm, ran
 from vllm_neuronchip.model_executor.checkpoint import CheckpointMismatchError
 from vllm_neuronchip.quantization.checkpoint import full_rank, save_w8aspike_checkpoint
 from vllm_neuronchip.quantization.reference import w8aspike_reference_greedy
+from vllm_neuronchip.quantization.spike_recorder import RECORDER, spike_stats_snapshot
 from vllm_neuronchip.settings import get_settings
 from vllm_neuronchip.tiny_checkpoint import TinySpec
 
@@ -24,10 +25,13 @@ LOGPROB_TOL = 1e-3
 
 
 def serve(directory, prompts, **overrides):
+    """(outputs, quant config, the worker's per-layer spike statistics)."""
     llm = make_llm(directory, **overrides)
     try:
-        quant = llm.llm_engine.vllm_config.quant_config
-        return generate(llm, prompts, prompt_logprobs=False), quant
+        llm.collective_rpc(lambda worker: RECORDER.reset())
+        outputs = generate(llm, prompts, prompt_logprobs=False)
+        (stats,) = llm.collective_rpc(spike_stats_snapshot)
+        return outputs, llm.llm_engine.vllm_config.quant_config, stats
     finally:
         free_llm(llm)
 
@@ -43,7 +47,7 @@ def w8aspike_checkpoint(request, tmp_path_factory):
 def test_served_tokens_match_w8aspike_reference(w8aspike_checkpoint):
     layout, directory, tensors, config = w8aspike_checkpoint
     prompts = [random_prompt(n, seed=n) for n in PROMPT_LENGTHS]
-    outputs, quant = serve(directory, prompts)
+    outputs, quant, _ = serve(directory, prompts)
     assert quant.get_name() == "w8aspike" and quant.layout == layout
     for prompt, output in zip(prompts, outputs):
         tokens = list(output.outputs[0].token_ids)
@@ -56,11 +60,11 @@ def test_served_tokens_match_w8aspike_reference(w8aspike_checkpoint):
 def test_spike_path_equals_integer_path(w8aspike_checkpoint, monkeypatch):
     _, directory, _, _ = w8aspike_checkpoint
     prompts = [random_prompt(n, seed=n) for n in (7, 40)]
-    integer, _ = serve(directory, prompts)
+    integer, _, _ = serve(directory, prompts)
     monkeypatch.setenv("NEURONCHIP_W8ASPIKE_PATH", "spike")
     get_settings.cache_clear()
     try:
-        spike, _ = serve(directory, prompts)
+        spike, _, _ = serve(directory, prompts)
     finally:
         monkeypatch.delenv("NEURONCHIP_W8ASPIKE_PATH")
         get_settings.cache_clear()
@@ -69,6 +73,21 @@ def test_spike_path_equals_integer_path(w8aspike_checkpoint, monkeypatch):
         assert [lp[t].logprob for lp, t in zip(a.outputs[0].logprobs, a.outputs[0].token_ids)] == [
             lp[t].logprob for lp, t in zip(b.outputs[0].logprobs, b.outputs[0].token_ids)
         ]
+
+
+def test_spike_statistics_per_layer(w8aspike_checkpoint):
+    _, directory, _, config = w8aspike_checkpoint
+    _, _, stats = serve(directory, [random_prompt(50, seed=3)])
+    layers = {name for name in stats if name != "total"}
+    assert "model.layers.0.attn.qkv_proj" in layers and "model.layers.1.mlp.gate_up_proj" in layers
+    assert not any(name.endswith("down_proj") for name in layers)  # float in W8ASpike (D7)
+    total = stats["total"]
+    assert total["spike_events"] == sum(stats[n]["spike_events"] for n in layers) > 0
+    assert total["values"] == sum(sum(stats[n]["histogram"]) for n in layers)
+    assert 0 < total["silent_fraction"] < 1 and 0 < total["sparsity"] < 1 and total["spikes_per_channel"] > 0
+    qkv = stats["model.layers.0.attn.qkv_proj"]
+    fan_out = (config.num_attention_heads + 2 * config.num_key_value_heads) * config.head_dim
+    assert qkv["synaptic_ops"] == qkv["spike_events"] * fan_out
 
 
 def rewrite(directory, change):

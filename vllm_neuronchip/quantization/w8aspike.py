@@ -21,6 +21,7 @@ from vllm.model_executor.parameter import GroupQuantScaleParameter, ModelWeightP
 from vllm_neuronchip.quantization.checkpoint import COMPACT_SCALE, OVERFLOW_PARTS, RELEASED_SCALES, compact_codes
 from vllm_neuronchip.quantization.reference import spike_counts, weight_codes
 from vllm_neuronchip.quantization.spike_linear import EmulatedSpikeBackend, ExecutionPath, spike_linear
+from vllm_neuronchip.quantization.spike_recorder import RECORDER
 
 logger = init_logger("vllm.neuronchip.w8aspike")
 
@@ -74,7 +75,7 @@ class W8ASpikeConfig(QuantizationConfig):
     def get_quant_method(self, layer: torch.nn.Module, prefix: str):
         if not isinstance(layer, LinearBase):
             return None
-        return W8ASpikeLinearMethod(self) if self.is_quantized(prefix) else UnquantizedLinearMethod()
+        return W8ASpikeLinearMethod(self, prefix) if self.is_quantized(prefix) else UnquantizedLinearMethod()
 
 
 @register_weight_loader_v2_supported_method
@@ -82,8 +83,8 @@ class W8ASpikeLinearMethod(LinearMethodBase):
     """Loads float weights (released layout) or int16 codes (compact layout, densified by the loader),
     keeps int16 codes and fp32 scales, and runs the configured execution path."""
 
-    def __init__(self, config: W8ASpikeConfig):
-        self.config = config
+    def __init__(self, config: W8ASpikeConfig, prefix: str):
+        self.config, self.prefix = config, prefix
 
     def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
                        params_dtype, **extra_weight_attrs):
@@ -119,11 +120,14 @@ class W8ASpikeLinearMethod(LinearMethodBase):
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         from vllm_neuronchip.settings import get_settings
 
+        settings = get_settings()
         rows = x.reshape(-1, x.shape[-1])
         s, vth = spike_counts(rows, self.config.k)
+        if settings.spike_stats:
+            RECORDER.record(self.prefix, s, fan_out=layer.weight.shape[0])
         y = spike_linear(
             s, vth, layer.weight, layer.weight_scale, bias,
-            path=ExecutionPath(get_settings().w8aspike_path), backend=_spike_backend,
+            path=ExecutionPath(settings.w8aspike_path), backend=_spike_backend,
         )
         return y.to(x.dtype).view(*x.shape[:-1], -1)
 
