@@ -1,0 +1,53 @@
+"""Tensor parallelism on CPU: at TP=2 (two worker processes, heads, KV heads and GLA states sharded)
+a tiny checkpoint gives the reference's greedy tokens and logprobs, as TP=1 does."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+from tests.model.test_matches_reference import LOGPROB_TOL, MAX_TOKENS, random_prompt
+from vllm_neuronchip.model_executor.reference import reference_greedy
+from vllm_neuronchip.tiny_checkpoint import TinySpec, save_checkpoint
+
+TP_SPEC = TinySpec(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, intermediate_size=512, seed=5)
+PROMPT_LENGTHS = (1, 7, 40, 150)
+RESULT = "TP2-RESULT "
+
+
+def test_tp2_matches_reference(tmp_path):
+    tensors = save_checkpoint(tmp_path, TP_SPEC)
+    # One core per rank; the multi-process executor TP needs.
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env |= {"VLLM_CPU_OMP_THREADS_BIND": "0|1", "PYTHONPATH": os.pathsep.join([root, env.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(next(line for line in run.stdout.splitlines() if line.startswith(RESULT))[len(RESULT):])
+    for n, (tokens, logprobs) in zip(PROMPT_LENGTHS, results):
+        ref_tokens, ref_logprobs = reference_greedy(random_prompt(n, seed=n), tensors, TP_SPEC.config(), MAX_TOKENS)
+        assert tokens == ref_tokens, f"TP=2, prompt of {n}: {tokens} != reference {ref_tokens}"
+        for step, (token, logprob) in enumerate(zip(tokens, logprobs)):
+            assert math.isclose(logprob, float(ref_logprobs[step][token]), abs_tol=LOGPROB_TOL)
+
+
+def serve_tp2(directory: str) -> list:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = LLM(model=directory, dtype="float32", enforce_eager=True, max_model_len=512, max_num_seqs=4,
+              tensor_parallel_size=2, kv_cache_memory_bytes=64 << 20, max_num_batched_tokens=64)
+    prompts = [TokensPrompt(prompt_token_ids=random_prompt(n, seed=n)) for n in PROMPT_LENGTHS]
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, logprobs=0, ignore_eos=True)
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    return [
+        (list(o.outputs[0].token_ids), [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)])
+        for o in outputs
+    ]
+
+
+if __name__ == "__main__":
+    print(RESULT + json.dumps(serve_tp2(sys.argv[1])), flush=True)
