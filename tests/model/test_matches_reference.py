@@ -125,3 +125,20 @@ def test_preemption_recomputes_state(tmp_path):
         free_llm(engine)
     for prompt, output in zip(prompts, outputs):
         assert_matches_reference(output, prompt, tensors, spec.config(), check_prompt_logprobs=False)
+
+
+def test_context_beyond_max_position_embeddings_needs_no_override(tmp_path, monkeypatch):
+    """max_position_embeddings is 512 here; a 700-token prompt is served without VLLM_ALLOW_LONG_MAX_MODEL_LEN."""
+    from vllm_neuronchip.tiny_checkpoint import TinySpec, save_checkpoint
+
+    monkeypatch.delenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", raising=False)
+    spec = TinySpec(max_position_embeddings=512, seed=2)
+    tensors = save_checkpoint(tmp_path, spec)
+    engine = make_llm(tmp_path, max_model_len=1024, enable_prefix_caching=False)
+    try:
+        assert engine.llm_engine.vllm_config.model_config.max_model_len == 1024
+        prompt = random_prompt(700, seed=700)
+        (output,) = generate(engine, [prompt], prompt_logprobs=False)
+    finally:
+        free_llm(engine)
+    assert_matches_reference(output, prompt, tensors, spec.config(), check_prompt_logprobs=False)

@@ -44,6 +44,10 @@ class GLAswaConfig(PretrainedConfig):
     gate_low_rank_dim: int | None = 16
     quant_weight_group_size: int | None = None
     layer_types: list[str] | None = None
+    # GLA has no positions and SWA's RoPE only relates positions inside the window, so the model has no
+    # length limit of its own: vLLM accepts --max-model-len up to this without VLLM_ALLOW_LONG_MAX_MODEL_LEN
+    # (the default stays max_position_embeddings, or the tokenizer's model_max_length).
+    model_max_length: int = 1 << 21
 
     def __post_init__(self, **kwargs):
         if self.head_dim is None:
