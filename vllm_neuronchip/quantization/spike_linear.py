@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 
 from vllm_neuronchip.ops.spike.codecs import Encoding, spike_quant
-from vllm_neuronchip.quantization.reference import integer_accumulations
+from vllm_neuronchip.quantization.weight_codes import WeightCodes
 
 
 class ExecutionPath(str, Enum):
@@ -23,8 +23,8 @@ class ExecutionPath(str, Enum):
 class SpikeBackend(Protocol):
     """What a spike device implements: integer accumulations of spike counts against weight codes."""
 
-    def accumulate(self, spike_counts: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """spike_counts [rows, in] and codes [out, in], integer-valued -> acc [rows, out, groups] int64, exact."""
+    def accumulate(self, spike_counts: torch.Tensor, codes: WeightCodes) -> torch.Tensor:
+        """spike_counts [rows, in] integer-valued, codes [out, in] -> acc [rows, out, groups] integer, exact."""
         ...
 
 
@@ -32,20 +32,18 @@ class EmulatedSpikeBackend:
     """Feeds bitwise sign-magnitude spike trains (W8ASpike's encoding) one time step at a time:
     acc = Σ_t 2^(T-1-t) (spikes_t · codes). A reference for real spike devices."""
 
-    def accumulate(self, spike_counts: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    def accumulate(self, spike_counts: torch.Tensor, codes: WeightCodes) -> torch.Tensor:
         train = spike_quant(spike_counts, Encoding.BITWISE_BIDIRECTIONAL)
         steps = train.spikes.shape[0]
-        acc = sum(
-            integer_accumulations(train.spikes[t], codes) << (steps - 1 - t) for t in range(steps)
-        )
+        acc = sum(codes.accumulate(train.spikes[t]).long() << (steps - 1 - t) for t in range(steps))
         # x_zero is nonzero only for all-non-negative inputs: the train decodes to s + x_zero.
-        return acc - integer_accumulations(train.x_zero, codes)
+        return acc - codes.accumulate(train.x_zero).long()
 
 
 def spike_linear(
     spike_counts: torch.Tensor,
     vth: torch.Tensor,
-    codes: torch.Tensor,
+    codes: WeightCodes,
     scales: torch.Tensor,
     bias: torch.Tensor | None,
     *,
@@ -55,10 +53,11 @@ def spike_linear(
     """y = vth · Σ_g σ_g (Σ_{i∈g} s_i c_i) + b in fp32. spike_counts [rows, in], vth [rows, 1],
     codes [out, in], scales σ [out, in / 128]."""
     if path is ExecutionPath.REFERENCE:
-        weight = (codes.float().view(*scales.shape, -1) * scales[..., None]).view_as(codes)
+        exact = codes.exact()
+        weight = (exact.float().view(*scales.shape, -1) * scales[..., None]).view_as(exact)
         y = (spike_counts.float() * vth) @ weight.t()
     else:
         source = backend if path is ExecutionPath.SPIKE else None
-        acc = source.accumulate(spike_counts, codes) if source else integer_accumulations(spike_counts, codes)
+        acc = source.accumulate(spike_counts, codes) if source else codes.accumulate(spike_counts)
         y = vth * (acc.double() * scales.double()).sum(-1).float()
     return y if bias is None else y + bias.float()

@@ -22,6 +22,7 @@ from vllm_neuronchip.quantization.checkpoint import COMPACT_SCALE, OVERFLOW_PART
 from vllm_neuronchip.quantization.reference import spike_counts, weight_codes
 from vllm_neuronchip.quantization.spike_linear import EmulatedSpikeBackend, ExecutionPath, spike_linear
 from vllm_neuronchip.quantization.spike_recorder import RECORDER
+from vllm_neuronchip.quantization.weight_codes import WeightCodes
 
 logger = init_logger("vllm.neuronchip.w8aspike")
 
@@ -80,8 +81,8 @@ class W8ASpikeConfig(QuantizationConfig):
 
 @register_weight_loader_v2_supported_method
 class W8ASpikeLinearMethod(LinearMethodBase):
-    """Loads float weights (released layout) or int16 codes (compact layout, densified by the loader),
-    keeps int16 codes and fp32 scales, and runs the configured execution path."""
+    """Loads float weights (released layout) or exact int16 codes (compact layout, densified by the
+    loader), keeps int8 codes + exact overflow and fp32 scales, and runs the configured execution path."""
 
     def __init__(self, config: W8ASpikeConfig, prefix: str):
         self.config, self.prefix = config, prefix
@@ -106,16 +107,22 @@ class W8ASpikeLinearMethod(LinearMethodBase):
         ))
 
     def process_weights_after_loading(self, layer) -> None:
+        """Exact codes -> int8 `weight` plus the overflow beyond ±127 (see weight_codes.py)."""
         scales = layer.weight_scale.data
         if self.config.layout == "released":
-            codes = weight_codes(layer.weight.data, scales)
-            if codes.abs().max() > torch.iinfo(torch.int16).max:
-                raise ValueError("w8aspike weight codes exceed int16; the scales do not match the weights")
-            codes = codes.to(torch.int16)
+            exact = weight_codes(layer.weight.data, scales)
         else:
-            codes = layer.weight.data
-        layer.weight = torch.nn.Parameter(codes, requires_grad=False)
+            exact = layer.weight.data
+        codes = WeightCodes.from_exact(exact)
+        layer.weight = torch.nn.Parameter(codes.codes, requires_grad=False)
         layer.weight_scale = torch.nn.Parameter(scales, requires_grad=False)
+        for name in ("overflow_rows", "overflow_cols", "overflow_residual"):
+            layer.register_buffer(f"weight_{name}", getattr(codes, name), persistent=False)
+
+    @staticmethod
+    def weight_codes_of(layer) -> WeightCodes:
+        return WeightCodes(layer.weight, layer.weight_overflow_rows, layer.weight_overflow_cols,
+                           layer.weight_overflow_residual)
 
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         from vllm_neuronchip.settings import get_settings
@@ -126,7 +133,7 @@ class W8ASpikeLinearMethod(LinearMethodBase):
         if settings.spike_stats:
             RECORDER.record(self.prefix, s, fan_out=layer.weight.shape[0])
         y = spike_linear(
-            s, vth, layer.weight, layer.weight_scale, bias,
+            s, vth, self.weight_codes_of(layer), layer.weight_scale, bias,
             path=ExecutionPath(settings.w8aspike_path), backend=_spike_backend,
         )
         return y.to(x.dtype).view(*x.shape[:-1], -1)
