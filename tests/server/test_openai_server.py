@@ -4,73 +4,31 @@ One `vllm serve` subprocess (default multi-process engine) serves every test in 
 """
 
 import math
-import os
 import random
 import re
-import socket
-import subprocess
 
 import openai
 import pytest
 import requests
 
-from vllm_neuronchip.cli import vllm_command, wait_until_healthy
+from tests.server.serving import running_server
 from vllm_neuronchip.model_executor.reference import reference_greedy
 
 pytestmark = pytest.mark.server
 
 MODEL = "spikingbrain-tiny-test"
 MAX_MODEL_LEN = 256
-STARTUP_TIMEOUT_S = 300
 MAX_TOKENS = 8
 LOGPROB_TOL = 1e-3
 GREEDY = dict(temperature=0, max_tokens=MAX_TOKENS, extra_body={"ignore_eos": True, "return_token_ids": True})
 CHAT = [{"role": "user", "content": "Hello, world!"}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def show_log_tail(config: pytest.Config, log_path, chars: int = 6000) -> None:
-    """Print the end of the server log past pytest's output capture."""
-    with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-        print(f"\n--- tail of {log_path} ---\n{log_path.read_text()[-chars:]}")
-
-
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory, request):
     """Base URL of a healthy server; prints its log tail if startup or any test of the module fails."""
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    url = f"http://127.0.0.1:{free_port()}"
-    command = vllm_command(
-        "serve", str(tiny_checkpoint[0]), "--served-model-name", MODEL, "--host", "127.0.0.1",
-        "--port", url.rsplit(":", 1)[1], "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN),
-        "--max-num-seqs", "4", "--enforce-eager",
-    )
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
-    failed_before, healthy = request.session.testsfailed, False
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_until_healthy(url, process, STARTUP_TIMEOUT_S)
-        healthy = True
+    with running_server(tiny_checkpoint[0], MODEL, MAX_MODEL_LEN, tmp_path_factory, request) as url:
         yield url
-    finally:
-        if not healthy or request.session.testsfailed > failed_before:
-            show_log_tail(request.config, log_path)
-        stop(process)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,57 @@
+"""Starting and stopping a `vllm serve` subprocess (default multi-process engine) for server tests."""
+
+import contextlib
+import os
+import socket
+import subprocess
+
+import pytest
+
+from vllm_neuronchip.cli import vllm_command, wait_until_healthy
+
+STARTUP_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def show_log_tail(config: pytest.Config, log_path, chars: int = 6000) -> None:
+    """Print the end of the server log past pytest's output capture."""
+    with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(f"\n--- tail of {log_path} ---\n{log_path.read_text()[-chars:]}")
+
+
+@contextlib.contextmanager
+def running_server(model_dir, served_name: str, max_model_len: int, tmp_path_factory, request):
+    """Yield the base URL of a healthy server on model_dir; print its log tail if startup or a test fails."""
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    url = f"http://127.0.0.1:{free_port()}"
+    command = vllm_command(
+        "serve", str(model_dir), "--served-model-name", served_name, "--host", "127.0.0.1",
+        "--port", url.rsplit(":", 1)[1], "--dtype", "float32", "--max-model-len", str(max_model_len),
+        "--max-num-seqs", "4", "--enforce-eager",
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    failed_before, healthy = request.session.testsfailed, False
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until_healthy(url, process, STARTUP_TIMEOUT_S)
+        healthy = True
+        yield url
+    finally:
+        if not healthy or request.session.testsfailed > failed_before:
+            show_log_tail(request.config, log_path)
+        stop(process)
