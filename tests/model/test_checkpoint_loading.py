@@ -97,3 +97,19 @@ def test_check_names_a_missing_tensor(expected):
 def test_ignores_saved_rotary_buffers(expected):
     weights = as_weights(expected) + [("model.layers.1.attn.rotary_emb.inv_freq", torch.zeros(32))]
     assert len(list(checked_tensors(weights, expected))) == len(expected)
+
+
+def test_generation_stops_at_im_end_without_flags(tiny_checkpoint):
+    """Spec D10: the checkpoint's generation_config names only <|endoftext|>; chat must stop at <|im_end|>."""
+    from vllm import SamplingParams
+
+    directory, _, _ = tiny_checkpoint
+    assert json.loads((directory / "generation_config.json").read_text())["eos_token_id"] == 0
+    llm = make_llm(directory)
+    try:
+        model_config = llm.llm_engine.vllm_config.model_config
+        params = SamplingParams()
+        params.update_from_generation_config(model_config.try_get_generation_config(), eos_token_id=0)
+    finally:
+        free_llm(llm)
+    assert 2 in params.stop_token_ids  # <|im_end|>

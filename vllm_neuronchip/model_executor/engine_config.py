@@ -4,7 +4,11 @@ vLLM calls `verify_and_update_config` for the architecture (via `MODELS_CONFIG_M
 platform adjusts the config, so a bad tensor-parallel size fails with a clear message at startup.
 """
 
+import hashlib
+import json
 import os
+import tempfile
+from pathlib import Path
 
 from vllm.logger import init_logger
 
@@ -44,11 +48,38 @@ class GLAswaEngineConfig:
         hf_config = model_config.hf_config
         if any(n.endswith(".attn.gk_proj.weight") for n in names):
             hf_config.gate_low_rank_dim = None
+        _stop_chat_at_im_end(model_config)
         released_w8aspike = any(n.endswith(".weight_quantizer.scales") for n in names)
         if released_w8aspike and getattr(hf_config, "quantization_config", None) is None:
             hf_config.quantization_config = {"quant_method": "w8aspike", "format": "released"}
             model_config.model_arch_config.quantization_config = hf_config.quantization_config
             logger.info("Checkpoint has W8ASpike weight_quantizer.scales: serving it with w8aspike.")
+
+
+CHAT_TURN_END = "<|im_end|>"
+
+
+def _stop_chat_at_im_end(model_config) -> None:
+    """Spec D10: generation stops at `<|im_end|>` too, though the released generation_config.json names
+    only `<|endoftext|>`. Points vLLM at a copy of it with both, unless --generation-config was given."""
+    directory = Path(model_config.model)
+    if model_config.generation_config != "auto" or not (directory / "tokenizer.json").is_file():
+        return
+    added = json.loads((directory / "tokenizer.json").read_text()).get("added_tokens", [])
+    turn_end = next((t["id"] for t in added if t["content"] == CHAT_TURN_END), None)
+    source = directory / "generation_config.json"
+    generation = json.loads(source.read_text()) if source.is_file() else {}
+    eos = generation.get("eos_token_id", model_config.hf_config.eos_token_id)
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if turn_end is None or turn_end in eos:
+        return
+    generation["eos_token_id"] = eos + [turn_end]
+    key = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    patched = Path(tempfile.gettempdir()) / "vllm-neuronchip-generation" / key
+    patched.mkdir(parents=True, exist_ok=True)
+    (patched / "generation_config.json").write_text(json.dumps(generation))
+    model_config.generation_config = str(patched)
+    logger.info("Generation stops at %s too (token %d), as chat needs.", CHAT_TURN_END, turn_end)
 
 
 def _default_cpu_kv_cache(vllm_config) -> None:
