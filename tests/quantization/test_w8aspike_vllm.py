@@ -16,7 +16,9 @@ from tests.model.test_matches_reference import free_llm, generate, make_llm, ran
 from vllm_neuronchip.model_executor.checkpoint import CheckpointMismatchError
 from vllm_neuronchip.quantization.checkpoint import full_rank, save_w8aspike_checkpoint
 from vllm_neuronchip.quantization.reference import w8aspike_reference_greedy
+from vllm_neuronchip.quantization.spike_linear import EmulatedSpikeBackend
 from vllm_neuronchip.quantization.spike_recorder import RECORDER, spike_stats_snapshot
+from vllm_neuronchip.quantization.w8aspike import set_spike_backend
 from vllm_neuronchip.settings import get_settings
 from vllm_neuronchip.tiny_checkpoint import TinySpec
 
@@ -57,17 +59,30 @@ def test_served_tokens_match_w8aspike_reference(w8aspike_checkpoint):
             assert math.isclose(logprobs[token].logprob, float(ref_logprobs[step][token]), abs_tol=LOGPROB_TOL)
 
 
+class CountingBackend(EmulatedSpikeBackend):
+    """A stand-in spike device: the emulator, counting the GEMMs routed to it."""
+
+    calls = 0
+
+    def accumulate(self, spike_counts, codes):
+        CountingBackend.calls += 1
+        return super().accumulate(spike_counts, codes)
+
+
 def test_spike_path_equals_integer_path(w8aspike_checkpoint, monkeypatch):
     _, directory, _, _ = w8aspike_checkpoint
     prompts = [random_prompt(n, seed=n) for n in (7, 40)]
     integer, _, _ = serve(directory, prompts)
     monkeypatch.setenv("NEURONCHIP_W8ASPIKE_PATH", "spike")
     get_settings.cache_clear()
+    set_spike_backend(CountingBackend())
     try:
         spike, _, _ = serve(directory, prompts)
     finally:
+        set_spike_backend(EmulatedSpikeBackend())
         monkeypatch.delenv("NEURONCHIP_W8ASPIKE_PATH")
         get_settings.cache_clear()
+    assert CountingBackend.calls > 0
     for a, b in zip(integer, spike):
         assert list(a.outputs[0].token_ids) == list(b.outputs[0].token_ids)
         assert [lp[t].logprob for lp, t in zip(a.outputs[0].logprobs, a.outputs[0].token_ids)] == [

@@ -33,6 +33,6 @@ class SpikeRecorder:
 RECORDER = SpikeRecorder()
 
 
-def spike_stats_snapshot(worker=None) -> dict[str, dict]:
-    """For `LLM.collective_rpc`: this worker's spike statistics."""
+def spike_stats_snapshot(_worker=None) -> dict[str, dict]:
+    """For `LLM.collective_rpc`, which passes the worker: this worker's spike statistics."""
     return RECORDER.snapshot()
