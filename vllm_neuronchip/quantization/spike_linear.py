@@ -11,6 +11,7 @@ from typing import Protocol
 import torch
 
 from vllm_neuronchip.ops.spike.codecs import Encoding, spike_quant
+from vllm_neuronchip.ops.w8aspike.naive import combine_group_sums, w8aspike_matmul
 from vllm_neuronchip.quantization.weight_codes import WeightCodes
 
 
@@ -56,8 +57,7 @@ def spike_linear(
         exact = codes.exact()
         weight = (exact.float().view(*scales.shape, -1) * scales[..., None]).view_as(exact)
         y = (spike_counts.float() * vth) @ weight.t()
-    else:
-        source = backend if path is ExecutionPath.SPIKE else None
-        acc = source.accumulate(spike_counts, codes) if source else codes.accumulate(spike_counts)
-        y = vth * (acc.double() * scales.double()).sum(-1).float()
-    return y if bias is None else y + bias.float()
+        return y if bias is None else y + bias.float()
+    if path is ExecutionPath.SPIKE:
+        return combine_group_sums(backend.accumulate(spike_counts, codes), vth, scales, bias)
+    return w8aspike_matmul(spike_counts, vth, codes, scales, bias)

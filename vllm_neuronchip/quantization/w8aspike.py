@@ -18,6 +18,7 @@ from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 from vllm.model_executor.parameter import GroupQuantScaleParameter, ModelWeightParameter
 
+from vllm_neuronchip.ops.w8aspike import w8aspike_linear
 from vllm_neuronchip.quantization.checkpoint import COMPACT_SCALE, OVERFLOW_PARTS, RELEASED_SCALES, compact_codes
 from vllm_neuronchip.quantization.reference import spike_counts, weight_codes
 from vllm_neuronchip.quantization.spike_linear import EmulatedSpikeBackend, ExecutionPath, spike_linear
@@ -128,14 +129,15 @@ class W8ASpikeLinearMethod(LinearMethodBase):
         from vllm_neuronchip.settings import get_settings
 
         settings = get_settings()
-        rows = x.reshape(-1, x.shape[-1])
-        s, vth = spike_counts(rows, self.config.k)
+        path = ExecutionPath(settings.w8aspike_path)
+        rows, codes = x.reshape(-1, x.shape[-1]), self.weight_codes_of(layer)
+        if path is ExecutionPath.INTEGER:  # Triton int8 GEMM on CUDA, exact torch group sums elsewhere
+            y, s = w8aspike_linear(rows, self.config.k, codes, layer.weight_scale, bias)
+        else:
+            s, vth = spike_counts(rows, self.config.k)
+            y = spike_linear(s, vth, codes, layer.weight_scale, bias, path=path, backend=_spike_backend)
         if settings.spike_stats:
-            RECORDER.record(self.prefix, s, fan_out=layer.weight.shape[0])
-        y = spike_linear(
-            s, vth, self.weight_codes_of(layer), layer.weight_scale, bias,
-            path=ExecutionPath(settings.w8aspike_path), backend=_spike_backend,
-        )
+            RECORDER.record(self.prefix, s, fan_out=codes.shape[0])
         return y.to(x.dtype).view(*x.shape[:-1], -1)
 
 

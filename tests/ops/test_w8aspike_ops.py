@@ -1,0 +1,260 @@
+"""ops.w8aspike: the naive linear against quantization.spike_linear, the Triton kernels against the naive ones
+(in the Triton interpreter here, on CUDA where there is one): exact .5 ties, both vth clamps, values beyond int8."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vllm_neuronchip
+from vllm_neuronchip.ops.w8aspike import naive, triton_kernels, w8aspike_linear
+from vllm_neuronchip.quantization.reference import GROUP_SIZE, spike_counts
+from vllm_neuronchip.quantization.spike_linear import ExecutionPath, spike_linear
+from vllm_neuronchip.quantization.weight_codes import WeightCodes
+
+SHAPES = [(M, K, N) for M in (1, 3, 8) for K in (128, 256) for N in (16, 48)]  # (M, K, N)
+K_VALUES = [3.0, 2.5]
+
+
+def make_x(M, K):
+    """Multiples of 1/16 (every fp32 sum of |x| exact in any order, so vth is bit-exact whatever the kernel's
+    summation order) with two outlier channels: |s| > 127 in every row."""
+    x = torch.randint(-48, 49, (M, K)) / 16
+    x[:, 3] = 150 + torch.randint(0, 64, (M,)) / 16
+    x[:, K - 5] = -300
+    return x
+
+
+def make_weight(N, K):
+    """Exact codes round(50 z) (about 1% beyond ±127), positive scales [N, K/128] and a bias."""
+    exact = torch.round(torch.randn(N, K) * 50)
+    exact[0, 1], exact[N - 1, K - 1] = 190, -182  # at least two overflow entries, in the first and last group
+    scales = (1 + torch.rand(N, K // GROUP_SIZE)) * 1e-3
+    return WeightCodes.from_exact(exact), scales, torch.randn(N)
+
+
+def tie_rows(K):
+    """For K a power of two up to 2048: rows whose vth does not depend on the order of the sum of |x| and whose
+    x / vth hit the rounding edge cases: exact .5 ties (plain, with |s| > 127, at the 1e4 clamp), the float just
+    below 0.5, all zeros and tiny rows (vth clamped to 1e-5), x / vth beyond 2^23 (clamped to 1e4)."""
+    assert K & (K - 1) == 0 and K <= 2048
+
+    def row(magnitudes, unit):
+        m = torch.arange(K) % 13
+        m[: len(magnitudes)] = torch.tensor(magnitudes)
+        target = 3
+        while target < m.sum():
+            target *= 2
+        m[len(magnitudes)] += target - m.sum()  # sum|m| = 3·2^j, so vth = unit·2^j / K is a power of two
+        return (m * random_signs(K))[torch.randperm(K)].float() * unit
+
+    # x / vth = 0.49999997 (the largest float below 0.5), where floor(x / vth + 0.5) gives 1: its last bit is lost
+    # in every partial sum it meets (all others are 0 or >= vth), so the sum is still order-independent.
+    m = torch.arange(K) % 11
+    m[m == 1] = 3
+    m[1] += 6 * K - 1 - m.sum()  # sum|m| = 6K once the 1 - 2^-24 below is rounded into it: vth = 1/8
+    below_half = torch.where(torch.arange(K) == 0, 1 - 2.0**-24, m.double()).float() * random_signs(K) / 16
+    huge = (1 + torch.rand(K)) * 2.0**23 * 1e4 * random_signs(K)  # x / 1e4 is an integer >= 2^23, odd or even
+    odd = 2 * torch.randint(0, 8, (K,)) + 1
+    return torch.stack([
+        row([], 1 / 16),  # x / vth = m / 2
+        row([4000], 1 / 16),  # x / vth = m / 8, s up to 500
+        below_half[torch.randperm(K)],
+        torch.zeros(K),
+        row([600], 2.0**-22),
+        row([], 2.0**14),
+        5000.0 * odd * random_signs(K),  # mean|x| > 3e4: x / 1e4 = ±(n + 0.5)
+        huge,
+    ])
+
+
+def random_signs(n):
+    return torch.where(torch.rand(n) < 0.5, -1, 1)
+
+
+def assert_matches(actual, expected, rtol=1e-5):
+    """fp32 and equal up to rtol of the largest magnitude (float rounding of the combine over groups)."""
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual, expected, rtol=0, atol=rtol * expected.abs().max().item())
+
+
+def on(weight, device):
+    return WeightCodes(*(getattr(weight, f.name).to(device) for f in dataclasses.fields(weight)))
+
+
+def check_quantize_exact(x, k, device="cpu"):
+    """Bit for bit against spike_counts (x must have order-independent fp32 sums of |x|)."""
+    s, vth, s8 = (t.cpu() for t in triton_kernels.spike_quantize(x.to(device), k))
+    s_ref, vth_ref = spike_counts(x, k)
+    assert s.dtype == torch.int32 and vth.dtype == torch.float32 and s8.dtype == torch.int8
+    assert torch.equal(vth, vth_ref) and torch.equal(s, s_ref)
+    assert torch.equal(s8, s_ref.clamp(-127, 127).to(torch.int8))
+
+
+def check_quantize_random(x, k, device="cpu"):
+    """Any x: vth as spike_counts' up to the summation order of |x|; s bit for bit round(x / vth) given vth."""
+    s, vth, s8 = (t.cpu() for t in triton_kernels.spike_quantize(x.to(device), k))
+    torch.testing.assert_close(vth, spike_counts(x, k)[1], rtol=1e-5, atol=0)
+    assert torch.equal(s, torch.round(x.float() / vth).to(torch.int32))
+    assert torch.equal(s8, s.clamp(-127, 127).to(torch.int8))
+
+
+def check_quantize(K, device="cpu"):
+    torch.manual_seed(K)
+    if K & (K - 1) == 0 and K <= 2048:
+        ties = tie_rows(K)
+        vth = spike_counts(ties)[1]
+        assert torch.equal(vth[3:5], torch.full((2, 1), 1e-5)) and torch.equal(vth[5:], torch.full((3, 1), 1e4))
+        y = ties / vth
+        assert ((y - y.floor()) == 0.5).sum() > K  # many exact ties, to even both up and down
+        assert (y.abs() == torch.nextafter(torch.tensor(0.5), torch.tensor(0.0))).sum() == 1
+        for k in K_VALUES:
+            check_quantize_exact(ties, k, device)
+    for k in K_VALUES:
+        check_quantize_exact(make_x(5, K), k, device)
+        check_quantize_random(torch.randn(5, K) * torch.rand(5, 1) * 10, k, device)
+        check_quantize_random((torch.randn(4, K) * 3).bfloat16(), k, device)
+
+
+def check_matmul(M, K, N, with_bias, device="cpu"):
+    torch.manual_seed(M * 1000 + K + N)
+    weight, scales, bias = make_weight(N, K)
+    bias = bias if with_bias else None
+    s, vth = spike_counts(make_x(M, K))
+    assert (s.abs() > 127).any() and weight.overflow_rows.numel()  # both corrections are exercised
+    y_ref = naive.w8aspike_matmul(s, vth, weight, scales, bias)
+    s8 = s.clamp(-127, 127).to(torch.int8)
+    args = (s8, s, vth, on(weight, device), scales, bias)
+    y = triton_kernels.w8aspike_matmul(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in args))
+    assert_matches(y.cpu(), y_ref)
+
+
+def check_linear(M, K, N, device="cpu"):
+    """The Triton path end to end: quantizer then GEMM, against the naive linear."""
+    torch.manual_seed(M + K + N)
+    weight, scales, bias = make_weight(N, K)
+    x = make_x(M, K)
+    y_ref, s_ref = w8aspike_linear(x, 3.0, weight, scales, bias)  # CPU tensors: the naive path
+    s, vth, s8 = triton_kernels.spike_quantize(x.to(device), 3.0)
+    y = triton_kernels.w8aspike_matmul(s8, s, vth, on(weight, device), scales.to(device), bias.to(device))
+    assert torch.equal(s.cpu(), s_ref)
+    assert_matches(y.cpu(), y_ref)
+
+
+# CPU: the reference and the torch corrections.
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_naive_matmul_is_integer_path(M, K, N, with_bias):
+    torch.manual_seed(M + K + N)
+    weight, scales, bias = make_weight(N, K)
+    bias = bias if with_bias else None
+    s, vth = naive.spike_quantize(make_x(M, K))
+    y = naive.w8aspike_matmul(s, vth, weight, scales, bias)
+    assert torch.equal(y, spike_linear(s, vth, weight, scales, bias, path=ExecutionPath.INTEGER))
+    assert_matches(y, spike_linear(s, vth, weight, scales, bias, path=ExecutionPath.REFERENCE))
+
+
+@pytest.mark.parametrize("activation_overflow", [False, True])
+@pytest.mark.parametrize("weight_overflow", [False, True])
+def test_overflow_correction_completes_the_int8_product(activation_overflow, weight_overflow):
+    """Σ_g σ_g (s8 · c8)_g + correction = Σ_g σ_g (s · c)_g, to fp64 rounding; None when nothing overflows."""
+    torch.manual_seed(9)
+    M, K, N = 5, 384, 24
+    weight, scales, _ = make_weight(N, K)
+    if not weight_overflow:
+        weight = WeightCodes.from_exact(weight.codes)
+    s = spike_counts(make_x(M, K) if activation_overflow else torch.randn(M, K))[0]
+    s8 = s.clamp(-127, 127).to(torch.int8)
+    int8_only = WeightCodes.from_exact(weight.codes)
+    y8 = (int8_only.accumulate(s8).double() * scales.double()).sum(-1)
+    full = (weight.accumulate(s).double() * scales.double()).sum(-1)
+    correction = triton_kernels.overflow_correction(s8, s, weight, scales)
+    if not (activation_overflow or weight_overflow):
+        assert correction is None
+        return
+    assert correction.dtype == torch.float32 and correction.shape == (M, N)
+    torch.testing.assert_close(y8 + correction.double(), full, rtol=0, atol=1e-6 * full.abs().max().item())
+
+
+def test_linear_dispatch_on_cpu_is_naive():
+    torch.manual_seed(10)
+    weight, scales, bias = make_weight(32, 256)
+    x = make_x(6, 256).view(2, 3, 256).bfloat16()
+    y, s = w8aspike_linear(x, 2.5, weight, scales, bias)
+    s_ref, vth = naive.spike_quantize(x.reshape(6, 256), 2.5)
+    assert y.shape == (2, 3, 32) and s.shape == (2, 3, 256)
+    assert torch.equal(s.view(6, 256), s_ref)
+    assert torch.equal(y.view(6, 32), naive.w8aspike_matmul(s_ref, vth, weight, scales, bias))
+
+
+def _env(**extra):
+    root = Path(vllm_neuronchip.__file__).parents[1]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]), **extra}
+
+
+def test_imports_without_triton():
+    check = "import sys; sys.modules['triton'] = None; import vllm_neuronchip.ops.w8aspike; print('imported')"
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, env=_env())
+    assert run.returncode == 0 and "imported" in run.stdout, run.stdout + run.stderr
+
+
+# Triton kernels in the interpreter (CPU tensors, numpy semantics: int8 dots with int32 sums, IEEE division).
+
+# Triton reads TRITON_INTERPRET when it is first imported, hence a fresh process.
+INTERPRETER_CHECK = """
+import sys
+sys.path.insert(0, {tests!r})
+import test_w8aspike_ops as t
+for K in (128, 256, 3584):  # 3584: two steps of the quantizer's loops, the second one masked
+    t.check_quantize(K)
+for M, K, N in t.SHAPES:
+    for with_bias in (False, True):
+        t.check_matmul(M, K, N, with_bias)
+t.check_matmul(70, 384, 80, True)  # several tiles along M and N, masked edges, three groups
+t.check_linear(8, 256, 48)
+t.check_linear(20, 3584, 128)  # the model's hidden size: 28 groups
+print("triton w8aspike ok")
+"""
+
+
+def test_triton_kernels_in_interpreter():
+    pytest.importorskip("triton", reason="triton is not installed")
+    run = subprocess.run(
+        [sys.executable, "-c", INTERPRETER_CHECK.format(tests=str(Path(__file__).parent))],
+        env=_env(TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0 and "triton w8aspike ok" in run.stdout, run.stdout + run.stderr
+
+
+# The same comparisons on a GPU (compiled kernels: int8 MMA, libdevice-free rounding, div.rn).
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K", [128, 256, 2048, 3584, 18944])
+def test_spike_quantize_on_cuda(K):
+    check_quantize(K, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M,K,N", SHAPES + [(70, 384, 80), (1, 3584, 4608), (37, 3584, 512), (300, 18944, 256)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_w8aspike_matmul_on_cuda(M, K, N, with_bias):
+    check_matmul(M, K, N, with_bias, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M,K,N", [(1, 3584, 512), (64, 3584, 18944)])
+def test_w8aspike_linear_on_cuda(M, K, N):
+    check_linear(M, K, N, "cuda")
+    weight, scales, bias = make_weight(N, K)
+    x = make_x(M, K).cuda()
+    y, s = w8aspike_linear(x, 3.0, on(weight, "cuda"), scales.cuda(), bias.cuda())  # dispatch picks Triton
+    y_ref, s_ref = w8aspike_linear(x.cpu(), 3.0, weight, scales, bias)
+    assert y.is_cuda and torch.equal(s.cpu(), s_ref)
+    assert_matches(y.cpu(), y_ref)

@@ -1,0 +1,25 @@
+"""W8ASpike linear (spec D6, §7.5): spike-quantize each row of x, then y = vth · Σ_g σ_g (s · c)_g + b.
+CUDA tensors go to `triton_kernels` (Triton quantizer + int8 GEMM), others to `naive` (plain torch reference)."""
+
+import torch
+
+from vllm_neuronchip.ops.w8aspike import naive, triton_kernels
+from vllm_neuronchip.quantization.weight_codes import WeightCodes
+
+
+def w8aspike_linear(
+    x: torch.Tensor, k: float, weight: WeightCodes, scales: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] (any float dtype), codes [N, K], scales σ fp32 [N, K/128], bias [N] or None
+    -> (y fp32 [..., N], spike counts s int32 [..., K] for spike statistics)."""
+    rows = x.reshape(-1, x.shape[-1])
+    if x.is_cuda:
+        s, vth, s8 = triton_kernels.spike_quantize(rows, k)
+        y = triton_kernels.w8aspike_matmul(s8, s, vth, weight, scales, bias)
+    else:
+        s, vth = naive.spike_quantize(rows, k)
+        y = naive.w8aspike_matmul(s, vth, weight, scales, bias)
+    return y.view(*x.shape[:-1], -1), s.view(x.shape)
+
+
+__all__ = ["naive", "triton_kernels", "w8aspike_linear"]
