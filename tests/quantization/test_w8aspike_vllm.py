@@ -2,8 +2,8 @@
 from quantization_config) identically to the fp64 W8ASpike reference; the spike path equals the
 integer path bit for bit; malformed checkpoints fail naming the tensor.
 
-Spike rounding is discontinuous (spec D11): token identity holds here because these fixed prompts sit
-far from rounding boundaries in the reference; a change of platform could move one onto a boundary.
+Spike rounding is discontinuous (spec D11): tokens must equal the reference wherever the reference is
+stable under tiny input noise; a difference is accepted only where the reference itself flips.
 """
 
 import math
@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from tests.model.test_matches_reference import free_llm, generate, make_llm, random_prompt
 from vllm_neuronchip.model_executor.checkpoint import CheckpointMismatchError
 from vllm_neuronchip.quantization.checkpoint import full_rank, save_w8aspike_checkpoint
-from vllm_neuronchip.quantization.reference import w8aspike_reference_greedy
+from vllm_neuronchip.quantization.reference import w8aspike_reference_greedy, w8aspike_reference_logits
 from vllm_neuronchip.quantization.spike_linear import EmulatedSpikeBackend
 from vllm_neuronchip.quantization.spike_recorder import RECORDER, spike_stats_snapshot
 from vllm_neuronchip.quantization.w8aspike import set_spike_backend
@@ -46,17 +46,41 @@ def w8aspike_checkpoint(request, tmp_path_factory):
     return request.param, directory, tensors, full_rank(spec.config())
 
 
+def reference_is_unstable(ids: list[int], tensors, config, trials: int = 16, noise: float = 3e-7) -> bool:
+    """Spec D11: does the reference's next greedy token change under tiny relative noise on the embeddings?"""
+    generator = torch.Generator().manual_seed(0)
+    embeddings = tensors["model.embeddings.weight"]
+    choices = set()
+    for _ in range(trials):
+        jitter = 1 + noise * torch.randn(embeddings.shape, generator=generator, dtype=torch.float64)
+        noisy = tensors | {"model.embeddings.weight": embeddings.double() * jitter}
+        choices.add(int(w8aspike_reference_logits(ids, noisy, config)[-1].argmax()))
+    return len(choices) > 1
+
+
+def assert_matches_where_stable(prompt, output, tensors, config, label: str) -> None:
+    """Tokens equal the reference until the first step where they differ; a difference is accepted only
+    where the reference itself flips under tiny noise (the rounding in spike counts is discontinuous),
+    and nothing after it is compared since the contexts then differ."""
+    tokens = list(output.outputs[0].token_ids)
+    ref_tokens, ref_logprobs = w8aspike_reference_greedy(prompt, tensors, config, len(tokens))
+    for step, (token, ref_token) in enumerate(zip(tokens, ref_tokens)):
+        if token != ref_token:
+            assert reference_is_unstable(prompt + tokens[:step], tensors, config), (
+                f"{label}, prompt of {len(prompt)}: vLLM {tokens} != reference {ref_tokens} at a stable step {step}"
+            )
+            return
+        logprob = output.outputs[0].logprobs[step][token].logprob
+        assert math.isclose(logprob, float(ref_logprobs[step][token]), abs_tol=LOGPROB_TOL), (label, step)
+
+
 def test_served_tokens_match_w8aspike_reference(w8aspike_checkpoint):
     layout, directory, tensors, config = w8aspike_checkpoint
     prompts = [random_prompt(n, seed=n) for n in PROMPT_LENGTHS]
     outputs, quant, _ = serve(directory, prompts)
     assert quant.get_name() == "w8aspike" and quant.layout == layout
     for prompt, output in zip(prompts, outputs):
-        tokens = list(output.outputs[0].token_ids)
-        ref_tokens, ref_logprobs = w8aspike_reference_greedy(prompt, tensors, config, len(tokens))
-        assert tokens == ref_tokens, f"{layout}, prompt of {len(prompt)}: vLLM {tokens} != reference {ref_tokens}"
-        for step, (token, logprobs) in enumerate(zip(tokens, output.outputs[0].logprobs)):
-            assert math.isclose(logprobs[token].logprob, float(ref_logprobs[step][token]), abs_tol=LOGPROB_TOL)
+        assert_matches_where_stable(prompt, output, tensors, config, layout)
 
 
 class CountingBackend(EmulatedSpikeBackend):
