@@ -23,8 +23,11 @@ def register() -> None:
     from vllm_neuronchip.model_executor.engine_config import register_engine_config_hook
     from vllm_neuronchip.platform.cpu_support import enable_amx_for_this_process
 
+    from vllm_neuronchip.quantization.spike_recorder import publish_to_prometheus
+
     register_engine_config_hook()
     enable_amx_for_this_process()
+    publish_to_prometheus()
 
 
 def register_platform() -> str | None:

@@ -30,6 +30,10 @@ class NeuronChipSettings(BaseSettings):
     spike_stats: bool = Field(
         True, description="Accumulate per-layer spike statistics of W8ASpike GEMM inputs (spike_recorder.py)."
     )
+    spike_stats_dir: str | None = Field(
+        None, description="Where workers publish spike statistics for /metrics; by default a temporary "
+        "directory made by the first vLLM process and passed to the others through the environment.",
+    )
 
 
 @lru_cache(maxsize=1)

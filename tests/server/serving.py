@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from vllm_neuronchip.cli import vllm_command, wait_until_healthy
+from vllm_neuronchip.quantization.spike_recorder import STATS_DIR_ENV
 
 STARTUP_TIMEOUT_S = 300
 
@@ -43,7 +44,8 @@ def running_server(model_dir, served_name: str, max_model_len: int, tmp_path_fac
         "--port", url.rsplit(":", 1)[1], "--dtype", "float32", "--max-model-len", str(max_model_len),
         "--max-num-seqs", "4", "--enforce-eager",
     )
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    # The default multi-process engine, and the server's own spike-statistics directory.
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_ENABLE_V1_MULTIPROCESSING", STATS_DIR_ENV)}
     failed_before, healthy = request.session.testsfailed, False
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
