@@ -24,6 +24,7 @@ from vllm_neuronchip.quantization.reference import spike_counts, weight_codes
 from vllm_neuronchip.quantization.spike_linear import EmulatedSpikeBackend, ExecutionPath, spike_linear
 from vllm_neuronchip.quantization.spike_recorder import RECORDER
 from vllm_neuronchip.quantization.weight_codes import WeightCodes
+from vllm_neuronchip.settings import get_settings
 
 logger = init_logger("vllm.neuronchip.w8aspike")
 
@@ -126,8 +127,6 @@ class W8ASpikeLinearMethod(LinearMethodBase):
                            layer.weight_overflow_residual)
 
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        from vllm_neuronchip.settings import get_settings
-
         settings = get_settings()
         path = ExecutionPath(settings.w8aspike_path)
         rows, codes = x.reshape(-1, x.shape[-1]), self.weight_codes_of(layer)
