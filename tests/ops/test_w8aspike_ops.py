@@ -88,19 +88,17 @@ def on(weight, device):
 
 def check_quantize_exact(x, k, device="cpu"):
     """Bit for bit against spike_counts (x must have order-independent fp32 sums of |x|)."""
-    s, vth, s8 = (t.cpu() for t in triton_kernels.spike_quantize(x.to(device), k))
+    s, vth = (t.cpu() for t in triton_kernels.spike_quantize(x.to(device), k))
     s_ref, vth_ref = spike_counts(x, k)
-    assert s.dtype == torch.int32 and vth.dtype == torch.float32 and s8.dtype == torch.int8
+    assert s.dtype == torch.int32 and vth.dtype == torch.float32
     assert torch.equal(vth, vth_ref) and torch.equal(s, s_ref)
-    assert torch.equal(s8, s_ref.clamp(-127, 127).to(torch.int8))
 
 
 def check_quantize_random(x, k, device="cpu"):
     """Any x: vth as spike_counts' up to the summation order of |x|; s bit for bit round(x / vth) given vth."""
-    s, vth, s8 = (t.cpu() for t in triton_kernels.spike_quantize(x.to(device), k))
+    s, vth = (t.cpu() for t in triton_kernels.spike_quantize(x.to(device), k))
     torch.testing.assert_close(vth, spike_counts(x, k)[1], rtol=1e-5, atol=0)
     assert torch.equal(s, torch.round(x.float() / vth).to(torch.int32))
-    assert torch.equal(s8, s.clamp(-127, 127).to(torch.int8))
 
 
 def check_quantize(K, device="cpu"):
@@ -125,10 +123,9 @@ def check_matmul(M, K, N, with_bias, device="cpu"):
     weight, scales, bias = make_weight(N, K)
     bias = bias if with_bias else None
     s, vth = spike_counts(make_x(M, K))
-    assert (s.abs() > 127).any() and weight.overflow_rows.numel()  # both corrections are exercised
+    assert (s.abs() > 127).any() and weight.overflow_rows.numel()  # both overflow paths are exercised
     y_ref = naive.w8aspike_matmul(s, vth, weight, scales, bias)
-    s8 = s.clamp(-127, 127).to(torch.int8)
-    args = (s8, s, vth, on(weight, device), scales, bias)
+    args = (s, vth, on(weight, device), scales, bias)
     y = triton_kernels.w8aspike_matmul(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in args))
     assert_matches(y.cpu(), y_ref)
 
@@ -139,8 +136,8 @@ def check_linear(M, K, N, device="cpu"):
     weight, scales, bias = make_weight(N, K)
     x = make_x(M, K)
     y_ref, s_ref = w8aspike_linear(x, 3.0, weight, scales, bias)  # CPU tensors: the naive path
-    s, vth, s8 = triton_kernels.spike_quantize(x.to(device), 3.0)
-    y = triton_kernels.w8aspike_matmul(s8, s, vth, on(weight, device), scales.to(device), bias.to(device))
+    s, vth = triton_kernels.spike_quantize(x.to(device), 3.0)
+    y = triton_kernels.w8aspike_matmul(s, vth, on(weight, device), scales.to(device), bias.to(device))
     assert torch.equal(s.cpu(), s_ref)
     assert_matches(y.cpu(), y_ref)
 
@@ -160,26 +157,30 @@ def test_naive_matmul_is_integer_path(M, K, N, with_bias):
     assert_matches(y, spike_linear(s, vth, weight, scales, bias, path=ExecutionPath.REFERENCE))
 
 
-@pytest.mark.parametrize("activation_overflow", [False, True])
 @pytest.mark.parametrize("weight_overflow", [False, True])
-def test_overflow_correction_completes_the_int8_product(activation_overflow, weight_overflow):
-    """Σ_g σ_g (s8 · c8)_g + correction = Σ_g σ_g (s · c)_g, to fp64 rounding; None when nothing overflows."""
+def test_weight_overflow_correction_completes_the_int8_codes(weight_overflow):
+    """Σ_g σ_g (s · c8)_g + correction = Σ_g σ_g (s · c)_g, to fp64 rounding; None without overflow."""
     torch.manual_seed(9)
     M, K, N = 5, 384, 24
     weight, scales, _ = make_weight(N, K)
     if not weight_overflow:
         weight = WeightCodes.from_exact(weight.codes)
-    s = spike_counts(make_x(M, K) if activation_overflow else torch.randn(M, K))[0]
-    s8 = s.clamp(-127, 127).to(torch.int8)
+    s = spike_counts(make_x(M, K))[0]
     int8_only = WeightCodes.from_exact(weight.codes)
-    y8 = (int8_only.accumulate(s8).double() * scales.double()).sum(-1)
+    y8 = (int8_only.accumulate(s).double() * scales.double()).sum(-1)
     full = (weight.accumulate(s).double() * scales.double()).sum(-1)
-    correction = triton_kernels.overflow_correction(s8, s, weight, scales)
-    if not (activation_overflow or weight_overflow):
+    correction = triton_kernels.weight_overflow_correction(s, weight, scales)
+    if not weight_overflow:
         assert correction is None
         return
     assert correction.dtype == torch.float32 and correction.shape == (M, N)
     torch.testing.assert_close(y8 + correction.double(), full, rtol=0, atol=1e-6 * full.abs().max().item())
+
+
+def test_residual_dot_exactness_bound():
+    triton_kernels.check_exact_fp32_residual(3.0, 18944)  # the 7B's widest input, default k
+    with pytest.raises(ValueError, match="2\\^24"):
+        triton_kernels.check_exact_fp32_residual(8.0, 18944)
 
 
 def test_linear_dispatch_on_cpu_is_naive():

@@ -14,8 +14,9 @@ def w8aspike_linear(
     -> (y fp32 [..., N], spike counts s int32 [..., K] for spike statistics)."""
     rows = x.reshape(-1, x.shape[-1])
     if x.is_cuda:
-        s, vth, s8 = triton_kernels.spike_quantize(rows, k)
-        y = triton_kernels.w8aspike_matmul(s8, s, vth, weight, scales, bias)
+        triton_kernels.check_exact_fp32_residual(k, rows.shape[-1])
+        s, vth = triton_kernels.spike_quantize(rows, k)
+        y = triton_kernels.w8aspike_matmul(s, vth, weight, scales, bias)
     else:
         s, vth = naive.spike_quantize(rows, k)
         y = naive.w8aspike_matmul(s, vth, weight, scales, bias)
