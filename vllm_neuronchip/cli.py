@@ -20,6 +20,14 @@ def vllm_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "vllm.entrypoints.cli.main", *args]
 
 
+def tiny_serve_command(model_dir, served_name: str, port: int, max_model_len: int) -> list[str]:
+    """`vllm serve` of a tiny checkpoint on localhost: fp32, eager, 4 sequences (the demo and server tests)."""
+    return vllm_command(
+        "serve", str(model_dir), "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--max-model-len", str(max_model_len), "--max-num-seqs", "4", "--enforce-eager",
+    )
+
+
 def serve(args: list[str]) -> int:
     return subprocess.call(vllm_command("serve", *args))
 
@@ -55,11 +63,7 @@ def demo(port: int, keep_dir: str | None, timeout_s: float) -> None:
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            vllm_command(
-                "serve", str(model_dir), "--served-model-name", DEMO_MODEL_NAME, "--host", "127.0.0.1",
-                "--port", str(port), "--dtype", "float32", "--max-model-len", "1024", "--max-num-seqs", "4",
-                "--enforce-eager",
-            ),
+            tiny_serve_command(model_dir, DEMO_MODEL_NAME, port, max_model_len=1024),
             stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"VLLM_LOGGING_LEVEL": "INFO"},
         )
     try:

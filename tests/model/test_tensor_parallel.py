@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from tests.model.test_matches_reference import LOGPROB_TOL, MAX_TOKENS, random_prompt
+from tests.model.test_matches_reference import LOGPROB_TOL, MAX_TOKENS, generate, make_llm, random_prompt
 from vllm_neuronchip.model_executor.reference import reference_greedy
 from vllm_neuronchip.tiny_checkpoint import TinySpec, save_checkpoint
 
@@ -35,14 +35,8 @@ def test_tp2_matches_reference(tmp_path):
 
 
 def serve_tp2(directory: str) -> list:
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    llm = LLM(model=directory, dtype="float32", enforce_eager=True, max_model_len=512, max_num_seqs=4,
-              tensor_parallel_size=2, kv_cache_memory_bytes=64 << 20, max_num_batched_tokens=64)
-    prompts = [TokensPrompt(prompt_token_ids=random_prompt(n, seed=n)) for n in PROMPT_LENGTHS]
-    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, logprobs=0, ignore_eos=True)
-    outputs = llm.generate(prompts, params, use_tqdm=False)
+    llm = make_llm(directory, tensor_parallel_size=2, max_num_seqs=4)
+    outputs = generate(llm, [random_prompt(n, seed=n) for n in PROMPT_LENGTHS], prompt_logprobs=False)
     return [
         (list(o.outputs[0].token_ids), [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)])
         for o in outputs

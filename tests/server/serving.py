@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from vllm_neuronchip.cli import vllm_command, wait_until_healthy
+from vllm_neuronchip.cli import tiny_serve_command, wait_until_healthy
 from vllm_neuronchip.quantization.spike_recorder import STATS_DIR_ENV
 
 STARTUP_TIMEOUT_S = 300
@@ -38,12 +38,9 @@ def show_log_tail(config: pytest.Config, log_path, chars: int = 6000) -> None:
 def running_server(model_dir, served_name: str, max_model_len: int, tmp_path_factory, request):
     """Yield the base URL of a healthy server on model_dir; print its log tail if startup or a test fails."""
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    url = f"http://127.0.0.1:{free_port()}"
-    command = vllm_command(
-        "serve", str(model_dir), "--served-model-name", served_name, "--host", "127.0.0.1",
-        "--port", url.rsplit(":", 1)[1], "--dtype", "float32", "--max-model-len", str(max_model_len),
-        "--max-num-seqs", "4", "--enforce-eager",
-    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = tiny_serve_command(model_dir, served_name, port, max_model_len)
     # The default multi-process engine, and the server's own spike-statistics directory.
     env = {k: v for k, v in os.environ.items() if k not in ("VLLM_ENABLE_V1_MULTIPROCESSING", STATS_DIR_ENV)}
     failed_before, healthy = request.session.testsfailed, False
