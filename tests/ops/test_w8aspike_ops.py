@@ -1,5 +1,6 @@
 """ops.w8aspike: the naive linear against quantization.spike_linear, the Triton kernels against the naive ones
-(in the Triton interpreter here, on CUDA where there is one): exact .5 ties, both vth clamps, values beyond int8."""
+(in the Triton interpreter here, on CUDA where there is one): exact .5 ties, both vth clamps, values beyond int8,
+codes beyond ±127 as ELL pieces, split-K at decode sizes."""
 
 import dataclasses
 import os
@@ -20,21 +21,25 @@ SHAPES = [(M, K, N) for M in (1, 3, 8) for K in (128, 256) for N in (16, 48)]  #
 K_VALUES = [3.0, 2.5]
 
 
-def make_x(M, K):
+def make_x(M, K, outliers=True):
     """Multiples of 1/16 (every fp32 sum of |x| exact in any order, so vth is bit-exact whatever the kernel's
-    summation order) with two outlier channels: |s| > 127 in every row."""
+    summation order), with two outlier channels (|s| > 127 in every row) unless `outliers` is False."""
     x = torch.randint(-48, 49, (M, K)) / 16
-    x[:, 3] = 150 + torch.randint(0, 64, (M,)) / 16
-    x[:, K - 5] = -300
+    if outliers:
+        x[:, 3] = 150 + torch.randint(0, 64, (M,)) / 16
+        x[:, K - 5] = -300
     return x
 
 
-def make_weight(N, K):
-    """Exact codes round(50 z) (about 1% beyond ±127), positive scales [N, K/128] and a bias."""
-    exact = torch.round(torch.randn(N, K) * 50)
-    exact[0, 1], exact[N - 1, K - 1] = 190, -182  # at least two overflow entries, in the first and last group
+def make_weight(N, K, overflow="1%"):
+    """Exact codes round(50 z) with `overflow` "1%" (about 1% beyond ±127, plus two in the first and last group,
+    one of them beyond ±254: several ELL pieces), "sparse" (round(10 z) and those two only: ELL width 1 or 2) or
+    "none" (codes within ±127: no ELL); positive scales [N, K/128] and a bias."""
+    exact = torch.round(torch.randn(N, K) * (10 if overflow == "sparse" else 50))
+    if overflow != "none":
+        exact[0, 1], exact[N - 1, K - 1] = 190, -600
     scales = (1 + torch.rand(N, K // GROUP_SIZE)) * 1e-3
-    return WeightCodes.from_exact(exact), scales, torch.randn(N)
+    return WeightCodes.from_exact(exact.clamp(-127, 127) if overflow == "none" else exact), scales, torch.randn(N)
 
 
 def tie_rows(K):
@@ -118,12 +123,12 @@ def check_quantize(K, device="cpu"):
         check_quantize_random((torch.randn(4, K) * 3).bfloat16(), k, device)
 
 
-def check_matmul(M, K, N, with_bias, device="cpu"):
+def check_matmul(M, K, N, with_bias, device="cpu", overflow="1%", outliers=True):
     torch.manual_seed(M * 1000 + K + N)
-    weight, scales, bias = make_weight(N, K)
+    weight, scales, bias = make_weight(N, K, overflow)
     bias = bias if with_bias else None
-    s, vth = spike_counts(make_x(M, K))
-    assert (s.abs() > 127).any() and weight.overflow_rows.numel()  # both overflow paths are exercised
+    s, vth = spike_counts(make_x(M, K, outliers))
+    assert (s.abs() > 127).any() == outliers and (weight.ell_cols.shape[1] > 0) == (overflow != "none")
     y_ref = naive.w8aspike_matmul(s, vth, weight, scales, bias)
     args = (s, vth, on(weight, device), scales, bias)
     y = triton_kernels.w8aspike_matmul(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in args))
@@ -157,24 +162,53 @@ def test_naive_matmul_is_integer_path(M, K, N, with_bias):
     assert_matches(y, spike_linear(s, vth, weight, scales, bias, path=ExecutionPath.REFERENCE))
 
 
-@pytest.mark.parametrize("weight_overflow", [False, True])
-def test_weight_overflow_correction_completes_the_int8_codes(weight_overflow):
-    """Σ_g σ_g (s · c8)_g + correction = Σ_g σ_g (s · c)_g, to fp64 rounding; None without overflow."""
+def test_ell_pieces_are_the_exact_codes():
+    """Codes beyond ±127 become int8 pieces of at most ±127 at their column, rows padded with (0, 0)."""
+    exact = torch.zeros(3, GROUP_SIZE, dtype=torch.int64)
+    exact[:, :4] = torch.tensor([[0, 128, -127, 5], [-300, 127, 1000, 0], [1, 2, 3, 4]])
+    weight = WeightCodes.from_exact(exact)
+    assert weight.codes.dtype == torch.int8 and weight.ell_cols.dtype == torch.int16
+    assert weight.ell_residual.dtype == torch.int8
+    assert torch.equal(weight.codes.int(), exact.clamp(-127, 127).int())
+    # row 0: 128 = 127 + 1; row 1: -300 = -127 - 127 - 46 and 1000 = 127 + 6 · 127 + 111: W = 2 + 7
+    assert weight.ell_cols.shape == (3, 9)
+    assert weight.ell_residual[0].tolist() == [1] + [0] * 8 and weight.ell_cols[0].tolist() == [1] + [0] * 8
+    assert weight.ell_residual[1].tolist() == [-127, -46] + [127] * 6 + [111]
+    assert weight.ell_cols[1].tolist() == [0, 0] + [2] * 7
+    assert not weight.ell_residual[2].any()
+    assert torch.equal(weight.exact(), exact.int())
+
+
+@pytest.mark.parametrize("overflow", ["none", "sparse", "1%"])
+def test_accumulate_with_ell_is_exact(overflow):
     torch.manual_seed(9)
     M, K, N = 5, 384, 24
-    weight, scales, _ = make_weight(N, K)
-    if not weight_overflow:
-        weight = WeightCodes.from_exact(weight.codes)
+    weight, _, _ = make_weight(N, K, overflow)
     s = spike_counts(make_x(M, K))[0]
-    int8_only = WeightCodes.from_exact(weight.codes)
-    y8 = (int8_only.accumulate(s).double() * scales.double()).sum(-1)
-    full = (weight.accumulate(s).double() * scales.double()).sum(-1)
-    correction = triton_kernels.weight_overflow_correction(s, weight, scales)
-    if not weight_overflow:
-        assert correction is None
-        return
-    assert correction.dtype == torch.float32 and correction.shape == (M, N)
-    torch.testing.assert_close(y8 + correction.double(), full, rtol=0, atol=1e-6 * full.abs().max().item())
+    exact = weight.exact()
+    expected = (s.long()[:, None, :] * exact.long()[None]).view(M, N, K // GROUP_SIZE, GROUP_SIZE).sum(-1)
+    assert torch.equal(weight.accumulate(s).long(), expected)
+
+
+def test_ell_costs_a_few_percent_of_the_int8_bytes():
+    """Codes round(N(0, 49.3)) as in the real checkpoint (~1% beyond ±127): ELL at 3 bytes a padded entry."""
+    torch.manual_seed(0)
+    weight = WeightCodes.from_exact(torch.round(torch.randn(1024, 3584) * 49.3))
+    overflow = (weight.ell_residual != 0).float().mean(1).mean() * weight.ell_cols.shape[1] / 3584
+    assert 0.008 < overflow < 0.012
+    ell_bytes = weight.ell_cols.nbytes + weight.ell_residual.nbytes
+    assert ell_bytes < 0.06 * weight.codes.nbytes
+
+
+@pytest.mark.parametrize("N,K", [(4608, 3584), (3584, 3584), (512, 3584), (37888, 3584), (3584, 18944)])
+@pytest.mark.parametrize("M", [1, 8, 16])
+def test_gemm_plan_fills_an_h100_at_decode(M, N, K):
+    G = K // GROUP_SIZE
+    plan = triton_kernels.gemm_plan(M, N, G, 57, sm_count=132)
+    programs = -(-M // plan.bm) * -(-N // plan.bn) * plan.splits
+    assert programs >= 2 * 132
+    assert plan.groups_per_split * (plan.splits - 1) < G <= plan.groups_per_split * plan.splits  # no empty split
+    assert plan.ell_per_split * plan.splits >= 57
 
 
 def test_residual_dot_exactness_bound():
@@ -218,6 +252,11 @@ for M, K, N in t.SHAPES:
     for with_bias in (False, True):
         t.check_matmul(M, K, N, with_bias)
 t.check_matmul(70, 384, 80, True)  # several tiles along M and N, masked edges, three groups
+for M in (1, 16):  # decode: K split over the groups (S = 3 for K 384), ELL columns shared between the splits
+    for overflow in ("none", "sparse", "1%"):  # no ELL; ELL narrower than the splits; ~1% with pieces
+        for outliers in (False, True):
+            t.check_matmul(M, 384, 40, True, overflow=overflow, outliers=outliers)
+    t.check_matmul(M, 128, 40, False)  # one group: no split, vth and bias in the GEMM
 t.check_linear(8, 256, 48)
 t.check_linear(20, 3584, 128)  # the model's hidden size: 28 groups
 print("triton w8aspike ok")
@@ -247,6 +286,15 @@ def test_spike_quantize_on_cuda(K):
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_w8aspike_matmul_on_cuda(M, K, N, with_bias):
     check_matmul(M, K, N, with_bias, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [1, 16])
+@pytest.mark.parametrize("overflow", ["none", "sparse", "1%"])
+@pytest.mark.parametrize("outliers", [False, True])
+@pytest.mark.parametrize("K,N", [(128, 40), (384, 40), (3584, 512), (3584, 4608), (18944, 3584)])
+def test_w8aspike_matmul_split_k_and_ell_on_cuda(M, K, N, overflow, outliers):
+    check_matmul(M, K, N, True, "cuda", overflow=overflow, outliers=outliers)
 
 
 @pytest.mark.gpu

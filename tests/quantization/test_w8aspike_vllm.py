@@ -83,6 +83,18 @@ def test_served_tokens_match_w8aspike_reference(w8aspike_checkpoint):
         assert_matches_where_stable(prompt, output, tensors, config, layout)
 
 
+def test_compiled_engine_matches_w8aspike_reference(w8aspike_checkpoint):
+    """With torch.compile on, the W8ASpike linear stays an opaque op (kernels, settings, spike recorder)."""
+    layout, directory, tensors, config = w8aspike_checkpoint
+    if layout != "released":
+        pytest.skip("the layouts differ only in loading, covered above")
+    prompts = [random_prompt(n, seed=n) for n in (7, 40)]
+    outputs, _, stats = serve(directory, prompts, enforce_eager=False)
+    for prompt, output in zip(prompts, outputs):
+        assert_matches_where_stable(prompt, output, tensors, config, "compiled")
+    assert stats["total"]["spike_events"] > 0
+
+
 class CountingBackend(EmulatedSpikeBackend):
     """A stand-in spike device: the emulator, counting the GEMMs routed to it."""
 

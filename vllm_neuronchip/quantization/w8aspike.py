@@ -4,9 +4,12 @@ Semantics per spec D5-D7: per-token `vth = mean|x| / k`, `s = round(x / vth)` (n
 `round(W / σ)` (no clamp), `down_proj` left in float; execution path chosen by settings.
 """
 
-from typing import Any
+import weakref
+import zlib
+from typing import Any, Optional
 
 import torch
+from vllm.config import get_current_vllm_config_or_none
 from vllm.logger import init_logger
 from vllm.model_executor.layers.linear import (
     LinearBase,
@@ -17,6 +20,7 @@ from vllm.model_executor.layers.linear import (
 from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 from vllm.model_executor.parameter import GroupQuantScaleParameter, ModelWeightParameter
+from vllm.utils.torch_utils import direct_register_custom_op
 
 from vllm_neuronchip.ops.w8aspike import w8aspike_linear
 from vllm_neuronchip.quantization.checkpoint import COMPACT_SCALE, OVERFLOW_PARTS, RELEASED_SCALES, compact_codes
@@ -88,6 +92,7 @@ class W8ASpikeLinearMethod(LinearMethodBase):
 
     def __init__(self, config: W8ASpikeConfig, prefix: str):
         self.config, self.prefix = config, prefix
+        self.dummy_weights = False
 
     def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
                        params_dtype, **extra_weight_attrs):
@@ -96,6 +101,8 @@ class W8ASpikeLinearMethod(LinearMethodBase):
             raise ValueError(
                 f"w8aspike needs input features per rank divisible by {group}, got {input_size_per_partition}"
             )
+        config = get_current_vllm_config_or_none()
+        self.dummy_weights = config is not None and str(config.load_config.load_format).lower() == "dummy"
         weight_loader = extra_weight_attrs["weight_loader"]
         out = sum(output_partition_sizes)
         stored = torch.float32 if self.config.layout == "released" else torch.int16
@@ -109,24 +116,34 @@ class W8ASpikeLinearMethod(LinearMethodBase):
         ))
 
     def process_weights_after_loading(self, layer) -> None:
-        """Exact codes -> int8 `weight` plus the overflow beyond ±127 (see weight_codes.py)."""
+        """Exact codes -> int8 `weight` plus the overflow beyond ±127 (see weight_codes.py). Under
+        `--load-format dummy` the codes and scales are synthetic (`synthetic_codes`) instead."""
         scales = layer.weight_scale.data
-        if self.config.layout == "released":
+        if self.dummy_weights:
+            exact, scales = synthetic_codes(layer.weight.shape, self.prefix, layer.weight.device)
+        elif self.config.layout == "released":
             exact = weight_codes(layer.weight.data, scales)
         else:
             exact = layer.weight.data
         codes = WeightCodes.from_exact(exact)
         layer.weight = torch.nn.Parameter(codes.codes, requires_grad=False)
         layer.weight_scale = torch.nn.Parameter(scales, requires_grad=False)
-        for name in ("overflow_rows", "overflow_cols", "overflow_residual"):
+        for name in ("ell_cols", "ell_residual"):
             layer.register_buffer(f"weight_{name}", getattr(codes, name), persistent=False)
+        layer.w8aspike_key = f"{self.prefix}@{id(layer):x}"
+        _LAYERS[layer.w8aspike_key] = layer
 
     @staticmethod
     def weight_codes_of(layer) -> WeightCodes:
-        return WeightCodes(layer.weight, layer.weight_overflow_rows, layer.weight_overflow_cols,
-                           layer.weight_overflow_residual)
+        return WeightCodes(layer.weight, layer.weight_ell_cols, layer.weight_ell_residual)
 
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Through the opaque `vllm::w8aspike_linear` op, so torch.compile leaves the Triton kernels,
+        the settings lookup and the spike recorder alone."""
+        return torch.ops.vllm.w8aspike_linear(x, bias, layer.w8aspike_key)
+
+    def run(self, layer, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The op's body: spike-quantize x, integer GEMM on the configured path, record spike statistics."""
         settings = get_settings()
         path = ExecutionPath(settings.w8aspike_path)
         rows, codes = x.reshape(-1, x.shape[-1]), self.weight_codes_of(layer)
@@ -138,6 +155,39 @@ class W8ASpikeLinearMethod(LinearMethodBase):
         if settings.spike_stats:
             RECORDER.record(self.prefix, s, fan_out=codes.shape[0])
         return y.to(x.dtype).view(*x.shape[:-1], -1)
+
+
+_LAYERS: "weakref.WeakValueDictionary[str, torch.nn.Module]" = weakref.WeakValueDictionary()
+"""W8ASpike layers by op key (prefix@id): the op takes a string, not a module."""
+
+
+def _w8aspike_linear(x: torch.Tensor, bias: Optional[torch.Tensor], layer_key: str) -> torch.Tensor:
+    layer = _LAYERS[layer_key]
+    return layer.quant_method.run(layer, x, bias)
+
+
+def _w8aspike_linear_fake(x: torch.Tensor, bias: Optional[torch.Tensor], layer_key: str) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], _LAYERS[layer_key].weight.shape[0])
+
+
+direct_register_custom_op("w8aspike_linear", _w8aspike_linear, mutates_args=[], fake_impl=_w8aspike_linear_fake)
+
+
+SYNTHETIC_CODE_STD = 49.3
+"""Standard deviation of synthetic codes: round(N(0, 49.3)) puts ~1% beyond ±127, as in the real checkpoint."""
+SYNTHETIC_SCALE = 1e-3
+
+
+def synthetic_codes(shape, prefix: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded stand-ins for dummy weights with the real checkpoint's statistics, made on `device`:
+    exact codes round(N(0, 49.3)) int32 [out, in] (~1% beyond ±127) and positive scales 1e-3 · (1 + U[0, 0.1))
+    fp32 [out, in/128]. vLLM's dummy loader fills only float tensors with tiny uniform values, which would make
+    released codes round(W / σ) absurd and leave compact int16 codes uninitialised."""
+    out, in_features = shape
+    generator = torch.Generator(device=device).manual_seed(zlib.crc32(prefix.encode()))
+    codes = torch.randn(out, in_features, generator=generator, device=device).mul_(SYNTHETIC_CODE_STD).round_()
+    scales = torch.rand(out, in_features // 128, generator=generator, device=device).mul_(0.1).add_(1)
+    return codes.to(torch.int32), scales.mul_(SYNTHETIC_SCALE)
 
 
 def loadable_tensors(weights, config: W8ASpikeConfig):

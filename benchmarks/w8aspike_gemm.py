@@ -1,0 +1,196 @@
+"""W8ASpike linear vs bf16 F.linear on the SpikingBrain-7B projection shapes, one GPU, CUDA graphs.
+
+For each shape and M: bf16 `F.linear` (the baseline) and our `w8aspike_linear` (Triton spike quantizer + int8
+GEMM with the ELL overflow, output cast back to bf16 as the linear method does), with synthetic codes
+round(N(0, 49.3)) (~1% beyond ±127) and with the overflow off (codes clamped). Each timed graph holds
+`calls` back-to-back linears cycling over enough weight copies that they do not stay in L2; the time is the
+median over replays (CUDA events) divided by `calls`. Outputs are first checked against the naive reference
+(exact group sums, fp64 combine) at M = 1 and 16.
+
+    python benchmarks/w8aspike_gemm.py --out benchmarks/results/w8aspike_gemm
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+SHAPES = {  # name: (N, K), per rank at TP=1
+    "qkv_proj": (4608, 3584),
+    "o_proj": (3584, 3584),
+    "gk_proj": (512, 3584),
+    "gate_up_proj": (37888, 3584),
+    "down_proj": (3584, 18944),
+}
+M_VALUES = (1, 8, 16, 256, 4096)
+K_SPIKE = 3.0
+DEVICE = "cuda"
+COPY_BYTES = 256 << 20  # weight bytes cycled through per graph: well past the 50 MB L2 of an H100
+
+
+def synthetic_layer(N, K, device, seed):
+    import torch
+
+    from vllm_neuronchip.quantization.w8aspike import synthetic_codes
+
+    exact, scales = synthetic_codes((N, K), f"bench.{N}x{K}.{seed}", device)
+    bias = torch.randn(N, device=device, generator=torch.Generator(device).manual_seed(seed)) if N == 512 else None
+    return exact, scales, bias  # bias only on gk_proj, as in the 7B
+
+
+def timed(fn, calls, replays):
+    """Median seconds per call of `fn(i)` for i in range(calls), captured in one CUDA graph."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for i in range(calls):  # warm up: compile Triton kernels, settle allocations
+            fn(i)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(i)
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / calls)
+    del graph
+    return statistics.median(times)
+
+
+def bf16_linear(x, weights, bias, i):
+    import torch.nn.functional as F
+
+    return F.linear(x, weights[i % len(weights)], bias)
+
+
+def our_linear(x, weights, scales, bias, i):
+    """As W8ASpikeLinearMethod.apply on the integer path: spike-quantize, GEMM, back to x's dtype."""
+    from vllm_neuronchip.ops.w8aspike import w8aspike_linear
+
+    return w8aspike_linear(x, K_SPIKE, weights[i % len(weights)], scales[i % len(scales)], bias)[0].to(x.dtype)
+
+
+def check_against_naive(x, weight, scales, bias):
+    """Our linear (spike counts and output) against round(x / vth) and the naive exact group sums."""
+    import torch
+
+    from vllm_neuronchip.ops.w8aspike import naive, triton_kernels, w8aspike_linear
+
+    y, s = w8aspike_linear(x, K_SPIKE, weight, scales, bias)
+    s_ref, vth = triton_kernels.spike_quantize(x, K_SPIKE)
+    if not torch.equal(s, s_ref) or not torch.equal(s, torch.round(x.float() / vth).to(torch.int32)):
+        raise AssertionError("spike counts differ from round(x / vth)")
+    M, K = s.shape
+    N, G = weight.codes.shape[0], K // 128
+    exact = weight.exact().double().view(N, G, 128)
+    acc = torch.einsum("mgk,ngk->mng", s.double().view(M, G, 128), exact)  # exact integers in fp64
+    y_ref = naive.combine_group_sums(acc, vth, scales, bias)
+    error = (y - y_ref).abs().max().item()
+    tolerance = 1e-5 * y_ref.abs().max().item()
+    if not error <= tolerance:
+        raise AssertionError(f"w8aspike GEMM {tuple(s.shape)} x {tuple(weight.codes.shape)}: max error {error:.3g} "
+                             f"> {tolerance:.3g} against the naive reference")
+    return error / max(y_ref.abs().max().item(), 1e-30)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="directory for w8aspike_gemm.json")
+    parser.add_argument("--m", type=int, nargs="+", default=list(M_VALUES), help="rows (tokens) per GEMM")
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--replays", type=int, default=50, help="graph replays per timing (M <= 256)")
+    args = parser.parse_args()
+
+    import torch
+    import triton
+
+    from vllm_neuronchip.ops.w8aspike import triton_kernels
+    from vllm_neuronchip.quantization.weight_codes import WeightCodes
+
+    if not torch.cuda.is_available():
+        sys.exit("w8aspike_gemm needs a CUDA GPU")
+    device = torch.device(DEVICE)
+    began = time.perf_counter()
+    results = []
+    for name in args.shapes:
+        N, K = SHAPES[name]
+        exact, scales, bias = synthetic_layer(N, K, device, seed=0)
+        layers = {"overflow": WeightCodes.from_exact(exact), "no_overflow": WeightCodes.from_exact(exact.clamp(-127, 127))}
+        w_bf16 = (exact.view(N, K // 128, 128) * scales[..., None]).view(N, K).bfloat16()
+        bias_bf16 = bias.bfloat16() if bias is not None else None
+        del exact
+        full = layers["overflow"]
+        overflow_fraction = (full.ell_residual != 0).sum().item() / full.codes.numel()
+        for M in (1, 16):  # correctness first, fail loudly
+            x = torch.randn(M, K, device=device).bfloat16()
+            for weight in layers.values():
+                check_against_naive(x, weight, scales, bias)
+        bytes_bf16 = w_bf16.nbytes
+        copies = max(1, min(40, math.ceil(COPY_BYTES / (bytes_bf16 / 2))))
+        w_copies = [w_bf16] + [w_bf16.clone() for _ in range(copies - 1)]
+        for label, weight in layers.items():
+            layers[label] = [weight] + [WeightCodes(*(t.clone() for t in (weight.codes, weight.ell_cols,
+                                                                          weight.ell_residual)))
+                                        for _ in range(copies - 1)]
+        s_copies = [scales] + [scales.clone() for _ in range(copies - 1)]
+        for M in args.m:
+            calls = 40 if M <= 256 else 2
+            replays = args.replays if M <= 256 else 10
+            x = torch.randn(M, K, device=device, generator=torch.Generator(device).manual_seed(M)).bfloat16()
+            row = {"shape": name, "M": M, "N": N, "K": K, "copies": copies, "calls_per_graph": calls,
+                   "replays": replays, "overflow_fraction": overflow_fraction, "ell_width": full.ell_cols.shape[1]}
+            row["bf16_s"] = timed(partial(bf16_linear, x, w_copies, bias_bf16), calls, replays)
+            row["bf16_weight_GBps"] = bytes_bf16 / row["bf16_s"] / 1e9
+            for label, copies_of in layers.items():
+                w0 = copies_of[0]
+                ours_bytes = w0.codes.nbytes + w0.ell_cols.nbytes + w0.ell_residual.nbytes + scales.nbytes
+                row[f"{label}_s"] = timed(partial(our_linear, x, copies_of, s_copies, bias), calls, replays)
+                row[f"{label}_weight_bytes"] = ours_bytes
+                row[f"{label}_weight_GBps"] = ours_bytes / row[f"{label}_s"] / 1e9
+                row[f"{label}_speedup_vs_bf16"] = row["bf16_s"] / row[f"{label}_s"]
+            plan = triton_kernels.gemm_plan(M, N, K // 128, full.ell_cols.shape[1],
+                                            triton_kernels._sm_count(device))
+            row["plan"] = dataclasses.asdict(plan)
+            results.append(row)
+            print(f"{name:13s} M={M:5d}  bf16 {row['bf16_s'] * 1e6:9.1f} us  ours {row['overflow_s'] * 1e6:9.1f} us "
+                  f"(x{row['overflow_speedup_vs_bf16']:.2f}, {row['overflow_weight_GBps']:6.0f} GB/s)  "
+                  f"no overflow {row['no_overflow_s'] * 1e6:9.1f} us (x{row['no_overflow_speedup_vs_bf16']:.2f})  "
+                  f"S={plan.splits}", flush=True)
+        del w_bf16, w_copies, layers, s_copies, full, weight, w0, copies_of
+        torch.cuda.empty_cache()
+    report = {
+        "device": torch.cuda.get_device_name(device),
+        "sm_count": triton_kernels._sm_count(device),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "seconds": time.perf_counter() - began,
+        "k": K_SPIKE,
+        "x": "N(0, 1) bf16",
+        "timing": "CUDA graph of calls_per_graph linears over distinct weight copies, median of replays / calls",
+        "results": results,
+    }
+    print(f"done in {report['seconds']:.0f} s")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "w8aspike_gemm.json").write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.out / 'w8aspike_gemm.json'}")
+
+
+if __name__ == "__main__":
+    main()
