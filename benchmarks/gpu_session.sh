@@ -1,34 +1,37 @@
 #!/usr/bin/env bash
 # One step of a GPU session on the device host, after ../shared/gpu staging (see ../shared/gpu/README.md).
 # Each step fits one device call (<= 10 minutes) and writes logs and JSON under $OUT:
-#   tests      GPU tests (GLA ops, W8ASpike ops, the tiny model at fp32, eager and CUDA graphs)
-#   bisect     the tiny-model GPU test again with CUDA_LAUNCH_BLOCKING=1, and with the V1 model runner
-#   ours       TTFT and batch-1 decode of the 7B architecture (4K, 32K, 128K)
-#   dense      the same for the dense peer (Qwen2-7B shapes)
-#   swa        the same for the sliding-window peer (window 4096 on every layer)
+#   tests      GPU tests (GLA ops, W8ASpike ops, the tiny model at fp32 eager and with CUDA graphs)
+#   ours       benchmarks/serving.py on SpikingBrain-7B bf16: TTFT and decode 1K-1M, bench serve, cold/warm start
+#   dense      the same on the dense peer (Qwen2-7B shapes), up to 128K
+#   swa        the same on the sliding-window peer (window 4096 on every layer), up to 1M
+#   w8aspike   W8ASpike GEMM micro-benchmark against bf16, then serving.py on SpikingBrain-7B W8ASpike
 set -uo pipefail
-step="${1:?usage: benchmarks/gpu_session.sh tests|bisect|ours|dense|swa}"
+step="${1:?usage: benchmarks/gpu_session.sh tests|ours|dense|swa|w8aspike}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHINFER_SAMPLER=0
 [ -f /var/tmp/gpu-site/.ready ] || { echo "no staged GPU site: stage ../shared/gpu first"; exit 3; }
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 
-summary() { grep -E "^(FAILED|ERROR)|passed|failed|^\[" "$1" | tail -20; }
-latency() { timeout 560 python3 benchmarks/gpu_latency.py --model "$1" --lengths 4096 32768 131072 --out "$out" \
-  > "$out/latency_$1.log" 2>&1; summary "$out/latency_$1.log"; }
+summary() { grep -E "^(FAILED|ERROR)|passed|failed|^\[|Error" "$1" | tail -25; }
+serving() {  # model, timeout, serving.py arguments
+  local model="$1" limit="$2"; shift 2
+  timeout "$limit" python3 benchmarks/serving.py --model "$model" --out "$out" "$@" > "$out/run_$model.log" 2>&1
+  summary "$out/run_$model.log"
+}
+long=(--lengths 4096 32768 131072 524288 1048576 --decode-only 1024)
 
 case "$step" in
   tests)
-    timeout 560 python3 -m pytest -q -m gpu tests -p no:cacheprovider -W ignore > "$out/gpu_tests.log" 2>&1
+    timeout 400 python3 -m pytest -q -m gpu tests -p no:cacheprovider -W ignore > "$out/gpu_tests.log" 2>&1
     summary "$out/gpu_tests.log" ;;
-  bisect)
-    CUDA_LAUNCH_BLOCKING=1 timeout 270 python3 -m pytest -q -x tests/gpu -p no:cacheprovider -W ignore \
-      > "$out/gpu_blocking.log" 2>&1; summary "$out/gpu_blocking.log"
-    VLLM_USE_V2_MODEL_RUNNER=0 timeout 270 python3 -m pytest -q -x tests/gpu -p no:cacheprovider -W ignore \
-      > "$out/gpu_v1_runner.log" 2>&1; summary "$out/gpu_v1_runner.log" ;;
-  ours) latency spikingbrain ;;
-  dense) latency dense-peer ;;
-  swa) latency swa-peer ;;
+  ours) serving spikingbrain 580 "${long[@]}" --warm-restart ;;
+  dense) serving dense-peer 580 --lengths 4096 32768 131072 --decode-only 1024 ;;
+  swa) serving swa-peer 580 "${long[@]}" ;;
+  w8aspike)
+    timeout 120 python3 benchmarks/w8aspike_gemm.py --out "$out" > "$out/w8aspike_gemm.log" 2>&1
+    tail -30 "$out/w8aspike_gemm.log"
+    serving spikingbrain-w8aspike 440 --lengths 4096 32768 131072 --decode-only 1024 --concurrency ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac

@@ -51,6 +51,16 @@ def wait_until_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> 
     raise TimeoutError(f"vLLM server not healthy after {timeout_s:.0f} s")
 
 
+def stop_server(server: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Terminate a server process, killing it if it does not exit in time."""
+    server.terminate()
+    try:
+        server.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def demo(port: int, keep_dir: str | None, timeout_s: float) -> None:
     from openai import OpenAI
 
@@ -85,11 +95,7 @@ def demo(port: int, keep_dir: str | None, timeout_s: float) -> None:
         print(f"server log: {log_path}\n" + log_path.read_text()[-4000:], file=sys.stderr)
         raise
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from vllm_neuronchip.cli import tiny_serve_command, wait_until_healthy
+from vllm_neuronchip.cli import stop_server, tiny_serve_command, wait_until_healthy
 from vllm_neuronchip.quantization.spike_recorder import STATS_DIR_ENV
 
 STARTUP_TIMEOUT_S = 300
@@ -17,15 +17,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def show_log_tail(config: pytest.Config, log_path, chars: int = 6000) -> None:
@@ -53,4 +44,4 @@ def running_server(model_dir, served_name: str, max_model_len: int, tmp_path_fac
     finally:
         if not healthy or request.session.testsfailed > failed_before:
             show_log_tail(request.config, log_path)
-        stop(process)
+        stop_server(process)

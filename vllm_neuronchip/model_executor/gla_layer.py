@@ -96,8 +96,18 @@ class GatedLinearAttention(nn.Module, MambaBase):
     def get_state_dtype(self) -> tuple[torch.dtype]:
         return (torch.float32,)
 
-    def forward(self, hidden_states: torch.Tensor, output: torch.Tensor, positions: torch.Tensor) -> None:
-        torch.ops.vllm.linear_attention(hidden_states, output, positions, self.prefix)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Projections, feature maps, gate and output norm stay in the compiled graph (fused by torch.compile);
+        only the recurrence runs inside the opaque `linear_attention` op, on q|k|v|g packed in fp32."""
+        q, k, v = self.qkv_proj(x)[0].split(
+            [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim],
+            dim=-1,
+        )
+        g = self.gate_log_decay(x).flatten(1)
+        qkvg = torch.cat([F.relu(q).float(), F.relu(k).float(), v.float(), g], dim=-1)
+        o = torch.empty(x.shape[0], self.num_heads, self.head_dim, dtype=torch.float32, device=x.device)
+        torch.ops.vllm.linear_attention(qkvg, o, positions, self.prefix)
+        return self.o_proj(self.g_norm(o).to(x.dtype).flatten(1))[0]
 
     def gate_log_decay(self, x: torch.Tensor) -> torch.Tensor:
         """g = logsigmoid(gk) / normalizer in fp32, for this rank's KV heads: [tokens, kv_heads, head_dim]."""
@@ -110,6 +120,7 @@ class GatedLinearAttention(nn.Module, MambaBase):
         return F.logsigmoid(gk.float()) / self.gate_logit_normalizer
 
     def _forward(self, hidden_states: torch.Tensor, output: torch.Tensor, positions: torch.Tensor) -> None:
+        """The op's body: hidden_states is q|k|v|g [tokens, (H + 3 Hkv) d] fp32, output o [tokens, H, d] fp32."""
         attn_metadata = get_forward_context().attn_metadata
         metadata = attn_metadata.get(self.prefix) if isinstance(attn_metadata, dict) else None
         if metadata is None:  # profiling / dummy run: no state slots assigned
@@ -117,20 +128,12 @@ class GatedLinearAttention(nn.Module, MambaBase):
             return
         assert isinstance(metadata, LinearAttentionMetadata)
         num_tokens = metadata.num_decode_tokens + metadata.num_prefill_tokens
-        x = hidden_states[:num_tokens]
-
-        q, k, v = self.qkv_proj(x)[0].split(
-            [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim],
-            dim=-1,
-        )
-        q = F.relu(q).view(num_tokens, self.num_heads, self.head_dim)
-        k = F.relu(k).view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        g = self.gate_log_decay(x)
-
-        o = self._recurrence(q, k, v, g, metadata)
-        o = self.g_norm(o).to(x.dtype).view(num_tokens, self.num_heads * self.head_dim)
-        output[:num_tokens] = self.o_proj(o)[0]
+        d, heads, kv_heads = self.head_dim, self.num_heads, self.num_kv_heads
+        q, k, v, g = hidden_states[:num_tokens].split([heads * d, kv_heads * d, kv_heads * d, kv_heads * d], dim=-1)
+        q = q.view(num_tokens, heads, d)
+        k, v, g = (t.view(num_tokens, kv_heads, d) for t in (k, v, g))
+        output[:num_tokens] = self._recurrence(q, k, v, g, metadata)
+        output[num_tokens:].zero_()  # CUDA-graph padding rows
 
     def _recurrence(self, q, k, v, g, metadata: LinearAttentionMetadata) -> torch.Tensor:
         """Decodes first (one token each), then prefills, as vLLM orders the batch."""

@@ -130,11 +130,7 @@ class GLAswaDecoderLayer(nn.Module):
             residual, x = hidden_states, self.attn_norm(hidden_states)
         else:
             x, residual = self.attn_norm(hidden_states, residual)
-        if self.is_gla:
-            attn_out = torch.empty_like(x)
-            self.attn(x, attn_out, positions)
-        else:
-            attn_out = self.attn(positions, x)
+        attn_out = self.attn(x, positions) if self.is_gla else self.attn(positions, x)
         x, residual = self.mlp_norm(attn_out, residual)
         return self.mlp(x), residual
 

@@ -1,0 +1,98 @@
+"""Plots and a markdown table from the serving_<model>.json files that benchmarks/serving.py wrote.
+
+    python benchmarks/plot_serving.py benchmarks/results/gpu
+writes serving_latency.png (TTFT and batch-1 decode against prompt length) and serving_bench.png
+(`vllm bench serve` throughput and TPOT against concurrency) into the same folder, and prints the table.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+LABELS = {"spikingbrain": "SpikingBrain-7B (bf16)", "spikingbrain-w8aspike": "SpikingBrain-7B (W8ASpike)",
+          "dense-peer": "dense peer (Qwen2-7B)", "swa-peer": "sliding-window peer (4096)"}
+
+
+def load(folder: Path) -> dict[str, dict]:
+    reports = {}
+    for model in LABELS:
+        path = folder / f"serving_{model}.json"
+        if path.exists():
+            reports[model] = json.loads(path.read_text())
+    if not reports:
+        raise SystemExit(f"no serving_<model>.json in {folder}")
+    return reports
+
+
+def measured(report: dict, key: str) -> tuple[list[int], list[float]]:
+    rows = [r for r in report.get("per_length", []) if key in r]
+    return [r["prompt_tokens"] for r in rows], [r[key] for r in rows]
+
+
+def plot(reports: dict[str, dict], folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    device = next(iter(reports.values()))["device"]
+    fig, (ttft, decode) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for model, report in reports.items():
+        ttft.plot(*measured(report, "ttft_s"), marker="o", label=LABELS[model])
+        decode.plot(*measured(report, "decode_tokens_per_s"), marker="o", label=LABELS[model])
+    for axis, title, unit in ((ttft, "time to first token", "s"), (decode, "decode at batch 1", "tokens/s")):
+        axis.set(xscale="log", xlabel="prompt tokens", ylabel=unit, title=title)
+        axis.grid(alpha=0.3)
+    ttft.set_yscale("log")
+    decode.set_ylim(bottom=0)
+    decode.legend()
+    fig.suptitle(f"vllm serve, dummy weights, {device}")
+    fig.tight_layout()
+    fig.savefig(folder / "serving_latency.png", dpi=120)
+
+    fig, (throughput, tpot) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for model, report in reports.items():
+        sweep = report.get("bench_serve", [])
+        if sweep:
+            c = [s["concurrency"] for s in sweep]
+            throughput.plot(c, [s["output_throughput"] for s in sweep], marker="o", label=LABELS[model])
+            tpot.plot(c, [s["median_tpot_ms"] for s in sweep], marker="o", label=LABELS[model])
+    for axis, title, unit in ((throughput, "output throughput", "tokens/s"), (tpot, "median TPOT", "ms")):
+        axis.set(xscale="log", xlabel="concurrency", ylabel=unit, title=title)
+        axis.grid(alpha=0.3)
+    throughput.legend()
+    fig.suptitle(f"vllm bench serve, random 8K in / 256 out, {device}")
+    fig.tight_layout()
+    fig.savefig(folder / "serving_bench.png", dpi=120)
+
+
+def table(reports: dict[str, dict]) -> str:
+    lengths = sorted({r["prompt_tokens"] for rep in reports.values() for r in rep.get("per_length", [])})
+    head = "| | engine start cold / warm (s) | KV capacity (tokens) | max concurrency at max_model_len | " + " | ".join(
+        f"TTFT {n} (s) / decode (tok/s)" for n in lengths) + " |"
+    lines = [head, "|" + "---|" * (4 + len(lengths))]
+    for model, rep in reports.items():
+        by_length = {r["prompt_tokens"]: r for r in rep.get("per_length", [])}
+        cells = []
+        for n in lengths:
+            r = by_length.get(n, {})
+            cells.append("error" if "error" in r else (
+                f"{r['ttft_s']:.3f} / {r.get('decode_tokens_per_s', float('nan')):.1f}" if r else "-"))
+        warm = rep.get("engine_warm_start_s")
+        start = f"{rep.get('engine_start_s', float('nan')):.0f} / {warm:.0f}" if warm else f"{rep.get('engine_start_s', 0):.0f} / -"
+        lines.append(f"| {LABELS[model]} | {start} | {rep.get('kv_cache_tokens') or 0:,.0f} | "
+                     f"{rep.get('max_concurrency_at_max_model_len') or 0:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path)
+    folder = parser.parse_args().folder
+    reports = load(folder)
+    plot(reports, folder)
+    print(table(reports))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""SpikingBrain-7B and its peers behind `vllm serve`, measured through the OpenAI API.
+
+One model per run (one GPU call each), dummy weights, bf16, vLLM's defaults otherwise (CUDA graphs and
+torch.compile on), prefix caching off, the same memory and batching limits for every model:
+  - engine start: `vllm serve` launch to a healthy /health (cold on a fresh machine; `--warm-restart`
+    starts it a second time, with compile caches warm);
+  - KV-cache capacity from the server log: tokens, and vLLM's own "maximum concurrency" at max_model_len;
+  - per prompt length, one streamed request: time to first token, then batch-1 decode tokens/s over
+    `--decode-tokens` tokens (usage-reported tokens after the first, over the time after the first);
+  - `vllm bench serve` (random dataset, 8K in / 256 out) at each `--concurrency`.
+Models: spikingbrain (ours), spikingbrain-w8aspike (ours, `--quantization w8aspike`), dense-peer (Qwen2-7B
+shapes), swa-peer (the same with a 4096-token window on every layer). Writes serving_<model>.json under --out.
+
+    python benchmarks/serving.py --model spikingbrain --lengths 4096 32768 131072 --out benchmarks/results/gpu
+    python benchmarks/serving.py --model dense-peer --shape tiny --lengths 64 --concurrency 2 --out /tmp/x  # CPU smoke
+"""
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from vllm_neuronchip.cli import stop_server, vllm_command, wait_until_healthy
+
+SHAPES = {
+    "7b": dict(
+        vocab_size=152064, hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+        intermediate_size=18944,
+    ),
+    "tiny": dict(
+        vocab_size=384, hidden_size=128, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=256,
+    ),
+}
+WINDOW = 4096
+MODELS = ("spikingbrain", "spikingbrain-w8aspike", "dense-peer", "swa-peer")
+
+
+def model_config(model: str, shape: dict, max_len: int) -> dict:
+    """config.json of the model under test, with the shape's sizes."""
+    if model.startswith("spikingbrain"):
+        from vllm_neuronchip.model_executor.config import GLAswaConfig
+
+        # As released: max_position_embeddings 131072; the plugin sizes RoPE to max_model_len.
+        config = GLAswaConfig(**shape, sliding_window=WINDOW).to_diff_dict()
+        for key in ("dtype", "head_dim", "layer_types", "transformers_version"):
+            config.pop(key, None)
+        return config | {"architectures": ["GLAswaForCausalLM"], "torch_dtype": "bfloat16"}
+    qwen2 = shape | {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu", "rms_norm_eps": 1e-6,
+        "rope_theta": 1e6, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "max_position_embeddings": max_len, "use_sliding_window": False, "sliding_window": WINDOW,
+        "max_window_layers": shape["num_hidden_layers"],
+    }
+    if model == "swa-peer":
+        qwen2 |= {"use_sliding_window": True, "max_window_layers": 0}
+    return qwen2
+
+
+def word_tokenizer(vocab_size: int):
+    """A tokenizer covering every id of the model ("t0".."tN" split on spaces), so any generated id
+    detokenizes and `vllm bench serve`'s random prompts re-encode to the same length."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0", eos_token="t1", model_max_length=1 << 21)
+
+
+def write_model(directory: Path, model: str, shape: dict, max_len: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(model_config(model, shape, max_len), indent=2))
+    word_tokenizer(shape["vocab_size"]).save_pretrained(directory)
+
+
+def parse_kv_capacity(log: str) -> dict:
+    """KV-cache figures vLLM logs at start: tokens, GiB, and maximum concurrency at max_model_len."""
+    def last(pattern):
+        found = re.findall(pattern, log)
+        return float(found[-1].replace(",", "")) if found else None
+
+    return {
+        "kv_cache_tokens": last(r"KV cache size: ([\d,]+) tokens"),
+        "available_kv_cache_gib": last(r"Available KV cache memory: ([\d.]+) GiB"),
+        "max_concurrency_at_max_model_len": last(r"Maximum concurrency for [\d,]+ tokens per request: ([\d.,]+)x"),
+    }
+
+
+class Server:
+    """`vllm serve` in a subprocess, its log in a file; `start()` returns seconds to healthy."""
+
+    def __init__(self, args: list[str], log_path: Path, port: int):
+        self.args, self.log_path, self.url = args, log_path, f"http://127.0.0.1:{port}"
+        self.process = None
+
+    def start(self, timeout_s: float) -> float:
+        began = time.perf_counter()
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(vllm_command("serve", *self.args), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until_healthy(self.url, self.process, timeout_s)
+        except Exception:
+            print(self.log_path.read_text()[-6000:], file=sys.stderr)
+            self.stop()
+            raise
+        return time.perf_counter() - began
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_server(self.process)
+            self.process = None
+
+
+def streamed_request(client, name: str, prompt: list[int], decode_tokens: int) -> dict:
+    """One streamed completion: time to first token, then decode speed over the following tokens."""
+    began = time.perf_counter()
+    stream = client.completions.create(
+        model=name, prompt=prompt, max_tokens=decode_tokens + 1, temperature=0.0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )
+    first = last = None
+    tokens = 0
+    for chunk in stream:
+        now = time.perf_counter()
+        if chunk.choices:
+            first = first or now
+            last = now
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    row = {"prompt_tokens": len(prompt), "ttft_s": first - began, "generated_tokens": tokens}
+    if decode_tokens and tokens > 1 and last > first:
+        row["decode_tokens_per_s"] = (tokens - 1) / (last - first)
+    return row
+
+
+def random_prompt(length: int, vocab_size: int, seed: int) -> list[int]:
+    rnd = random.Random(seed)
+    return [rnd.randrange(2, vocab_size) for _ in range(length)]
+
+
+def bench_serve(server: Server, name: str, tokenizer_dir: Path, concurrency: int, input_len: int,
+                output_len: int, out_dir: Path) -> dict:
+    """`vllm bench serve` on the random dataset at one concurrency; its saved JSON, trimmed."""
+    filename = f"bench_{name}_c{concurrency}.json"
+    subprocess.run(vllm_command(
+        "bench", "serve", "--backend", "vllm", "--base-url", server.url, "--model", name,
+        "--tokenizer", str(tokenizer_dir), "--dataset-name", "random", "--random-input-len", str(input_len),
+        "--random-output-len", str(output_len), "--num-prompts", str(max(4, concurrency)),
+        "--max-concurrency", str(concurrency), "--ignore-eos", "--seed", "0", "--disable-tqdm",
+        "--save-result", "--result-dir", str(out_dir), "--result-filename", filename,
+    ), check=True, stdout=subprocess.DEVNULL)
+    saved = json.loads((out_dir / filename).read_text())
+    (out_dir / filename).unlink()
+    keys = ("completed", "duration", "total_input_tokens", "total_output_tokens", "request_throughput",
+            "output_throughput", "total_token_throughput", "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms",
+            "mean_tpot_ms", "median_tpot_ms", "p99_tpot_ms", "mean_itl_ms")
+    return {"concurrency": concurrency} | {k: saved[k] for k in keys if k in saved}
+
+
+def versions() -> dict:
+    import torch
+    import vllm
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {"device": device, "vllm": vllm.__version__, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=MODELS, required=True)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="7b")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 32768, 131072])
+    parser.add_argument("--repeats", type=int, default=2, help="requests per length up to 32K (min TTFT kept)")
+    parser.add_argument("--decode-tokens", type=int, default=128)
+    parser.add_argument("--decode-only", type=int, nargs="*", default=[1024],
+                        help="extra context lengths measured for decode (TTFT recorded too)")
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 16, 64, 256])
+    parser.add_argument("--bench-input-len", type=int, default=8192)
+    parser.add_argument("--bench-output-len", type=int, default=256)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--warm-restart", action="store_true", help="start the engine a second time (warm start)")
+    parser.add_argument("--port", type=int, default=8021)
+    parser.add_argument("--start-timeout", type=float, default=420)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    shape = SHAPES[args.shape]
+    lengths = sorted(set(args.lengths) | set(args.decode_only))
+    max_len = max(lengths + [args.bench_input_len + args.bench_output_len]) + args.decode_tokens + 16
+    work = Path(tempfile.mkdtemp(prefix=f"{args.model}-"))
+    write_model(work / "model", args.model, shape, max_len)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / f"serving_{args.model}.log"
+    log_path.write_text("")
+    serve_args = [
+        str(work / "model"), "--served-model-name", args.model, "--host", "127.0.0.1", "--port", str(args.port),
+        "--load-format", "dummy", "--dtype", "bfloat16", "--max-model-len", str(max_len),
+        "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--no-enable-prefix-caching",
+        "--gpu-memory-utilization", str(args.gpu_memory_utilization),
+    ]
+    if args.model == "spikingbrain-w8aspike":
+        serve_args += ["--quantization", "w8aspike"]
+    report = {
+        "benchmark": __doc__.split("\n")[0], "model": args.model, "shape": args.shape,
+        "command": " ".join(["python", *sys.argv]), "serve_args": serve_args[1:], **versions(),
+        "env": {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "NEURONCHIP_"))},
+    }
+    out_json = args.out / f"serving_{args.model}.json"
+
+    def save(**fields):
+        report.update(fields)
+        out_json.write_text(json.dumps(report, indent=2))
+
+    from openai import OpenAI
+
+    server = Server(serve_args, log_path, args.port)
+    try:
+        save(engine_start_s=server.start(args.start_timeout))
+        save(**parse_kv_capacity(log_path.read_text()))
+        print(f"[{args.model}] engine start {report['engine_start_s']:.1f} s", flush=True)
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=3600)
+        streamed_request(client, args.model, random_prompt(min(256, max_len // 2), shape["vocab_size"], 0), 8)  # warm-up
+        rows = []
+        for length in lengths:
+            repeats = args.repeats if length <= 32768 else 1
+            try:
+                tries = [streamed_request(client, args.model, random_prompt(length, shape["vocab_size"], length + r),
+                                          args.decode_tokens) for r in range(repeats)]
+                row = min(tries, key=lambda t: t["ttft_s"]) | {"ttft_all_s": [t["ttft_s"] for t in tries]}
+            except Exception as error:  # e.g. a length beyond what fits: record it and go on
+                row = {"prompt_tokens": length, "error": f"{type(error).__name__}: {error}"[:500]}
+            print(f"[{args.model}] {json.dumps(row)}", flush=True)
+            rows.append(row)
+            save(per_length=rows)
+        sweeps = []
+        for concurrency in args.concurrency:
+            sweeps.append(bench_serve(server, args.model, work / "model", concurrency, args.bench_input_len,
+                                      args.bench_output_len, args.out))
+            print(f"[{args.model}] bench serve {json.dumps(sweeps[-1])}", flush=True)
+            save(bench_serve=sweeps)
+        server.stop()
+        if args.warm_restart:
+            save(engine_warm_start_s=server.start(args.start_timeout))
+            print(f"[{args.model}] warm engine start {report['engine_warm_start_s']:.1f} s", flush=True)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
