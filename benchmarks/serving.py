@@ -5,8 +5,9 @@ torch.compile on), prefix caching off, the same memory and batching limits for e
   - engine start: `vllm serve` launch to a healthy /health (cold on a fresh machine; `--warm-restart`
     starts it a second time, with compile caches warm);
   - KV-cache capacity from the server log: tokens, and vLLM's own "maximum concurrency" at max_model_len;
-  - per prompt length, one streamed request: time to first token, then batch-1 decode tokens/s over
-    `--decode-tokens` tokens (usage-reported tokens after the first, over the time after the first);
+  - per prompt length, one streamed request of a text prompt (`length` words, one token each): time to
+    first token and batch-1 decode tokens/s over `--decode-tokens` tokens, from vLLM's own /metrics
+    histograms (the client's time to first token, HTTP included, is kept beside it);
   - `vllm bench serve` (random dataset, 8K in / 256 out) at each `--concurrency`.
 Models: spikingbrain (ours), spikingbrain-w8aspike (ours, `--quantization w8aspike`), dense-peer (Qwen2-7B
 shapes), swa-peer (the same with a 4096-token window on every layer). Writes serving_<model>.json under --out.
@@ -17,10 +18,12 @@ shapes), swa-peer (the same with a 4096-token window on every layer). Writes ser
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
 import re
+import string
 import subprocess
 import sys
 import tempfile
@@ -64,15 +67,31 @@ def model_config(model: str, shape: dict, max_len: int) -> dict:
     return qwen2
 
 
+ALPHABET = string.digits + string.ascii_letters
+
+
+def word(i: int, vocab_size: int) -> str:
+    """Token i as a fixed-width base-62 word: 3 characters for 152,064 ids, so a prompt stays under vLLM's
+    limit of 4 characters per token of max_model_len."""
+    width = max(1, math.ceil(math.log(vocab_size, len(ALPHABET))))
+    digits = []
+    for _ in range(width):
+        i, digit = divmod(i, len(ALPHABET))
+        digits.append(ALPHABET[digit])
+    return "".join(reversed(digits))
+
+
 def word_tokenizer(vocab_size: int):
-    """A tokenizer covering every id of the model ("t0".."tN" split on spaces), so any generated id
-    detokenizes and `vllm bench serve`'s random prompts re-encode to the same length."""
+    """A tokenizer covering every id of the model ("<unk>", "<eos>", then one word per id, split on spaces),
+    so any generated id detokenizes and a prompt of n words is exactly n tokens (also for `vllm bench serve`)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    vocab = {"<unk>": 0, "<eos>": 1} | {word(i, vocab_size): i for i in range(2, vocab_size)}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0", eos_token="t1", model_max_length=1 << 21)
+    return PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="<eos>",
+                                   model_max_length=1 << 21)
 
 
 def write_model(directory: Path, model: str, shape: dict, max_len: int) -> None:
@@ -119,31 +138,49 @@ class Server:
             self.process = None
 
 
-def streamed_request(client, name: str, prompt: list[int], decode_tokens: int) -> dict:
-    """One streamed completion: time to first token, then decode speed over the following tokens."""
+ENGINE_TIMINGS = {  # Prometheus histograms whose sums, taken around one request, time it inside vLLM
+    "ttft_s": "vllm:time_to_first_token_seconds_sum",
+    "prefill_s": "vllm:request_prefill_time_seconds_sum",
+    "decode_s": "vllm:request_decode_time_seconds_sum",
+}
+
+
+def engine_timings(url: str) -> dict[str, float]:
+    import requests
+
+    text = requests.get(f"{url}/metrics", timeout=30).text
+    return {key: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(metric + "{"))
+            for key, metric in ENGINE_TIMINGS.items()}
+
+
+def streamed_request(client, url: str, name: str, prompt: str, decode_tokens: int) -> dict:
+    """One streamed completion of a text prompt. Client side: time to the first streamed token. vLLM side
+    (its /metrics histograms, read before and after): time to first token, prefill time, and decode
+    tokens/s = (generated - 1) / decode time, free of HTTP and streaming effects."""
+    before = engine_timings(url)
     began = time.perf_counter()
     stream = client.completions.create(
         model=name, prompt=prompt, max_tokens=decode_tokens + 1, temperature=0.0, stream=True,
         stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
     )
-    first = last = None
-    tokens = 0
+    first, usage = None, None
     for chunk in stream:
-        now = time.perf_counter()
-        if chunk.choices:
-            first = first or now
-            last = now
-        if chunk.usage:
-            tokens = chunk.usage.completion_tokens
-    row = {"prompt_tokens": len(prompt), "ttft_s": first - began, "generated_tokens": tokens}
-    if decode_tokens and tokens > 1 and last > first:
-        row["decode_tokens_per_s"] = (tokens - 1) / (last - first)
+        if chunk.choices and first is None:
+            first = time.perf_counter()
+        usage = chunk.usage or usage
+    after = engine_timings(url)
+    engine = {key: after[key] - before[key] for key in ENGINE_TIMINGS}
+    row = {"prompt_tokens": usage.prompt_tokens, "generated_tokens": usage.completion_tokens,
+           "client_ttft_s": first - began, "ttft_s": engine["ttft_s"], "prefill_s": engine["prefill_s"]}
+    if usage.completion_tokens > 1 and engine["decode_s"] > 0:
+        row["decode_tokens_per_s"] = (usage.completion_tokens - 1) / engine["decode_s"]
     return row
 
 
-def random_prompt(length: int, vocab_size: int, seed: int) -> list[int]:
+def random_prompt(length: int, vocab_size: int, seed: int) -> str:
+    """`length` random words of `word_tokenizer`: exactly `length` tokens."""
     rnd = random.Random(seed)
-    return [rnd.randrange(2, vocab_size) for _ in range(length)]
+    return " ".join(word(rnd.randrange(2, vocab_size), vocab_size) for _ in range(length))
 
 
 def bench_serve(server: Server, name: str, tokenizer_dir: Path, concurrency: int, input_len: int,
@@ -229,13 +266,14 @@ def main() -> None:
         save(**parse_kv_capacity(log_path.read_text()))
         print(f"[{args.model}] engine start {report['engine_start_s']:.1f} s", flush=True)
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=3600)
-        streamed_request(client, args.model, random_prompt(min(256, max_len // 2), shape["vocab_size"], 0), 8)  # warm-up
+        streamed_request(client, server.url, args.model, random_prompt(min(256, max_len // 2), shape["vocab_size"], 0), 8)  # warm-up
         rows = []
         for length in lengths:
             repeats = args.repeats if length <= 32768 else 1
             try:
-                tries = [streamed_request(client, args.model, random_prompt(length, shape["vocab_size"], length + r),
-                                          args.decode_tokens) for r in range(repeats)]
+                tries = [streamed_request(client, server.url, args.model,
+                                          random_prompt(length, shape["vocab_size"], length + r), args.decode_tokens)
+                         for r in range(repeats)]
                 row = min(tries, key=lambda t: t["ttft_s"]) | {"ttft_all_s": [t["ttft_s"] for t in tries]}
             except Exception as error:  # e.g. a length beyond what fits: record it and go on
                 row = {"prompt_tokens": length, "error": f"{type(error).__name__}: {error}"[:500]}
