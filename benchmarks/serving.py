@@ -225,6 +225,7 @@ def main() -> None:
     parser.add_argument("--bench-output-len", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--warm-restart", action="store_true", help="start the engine a second time (warm start)")
     parser.add_argument("--port", type=int, default=8021)
     parser.add_argument("--start-timeout", type=float, default=420)
@@ -237,7 +238,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix=f"{args.model}-"))
     write_model(work / "model", args.model, shape, max_len)
     args.out.mkdir(parents=True, exist_ok=True)
-    log_path = args.out / f"serving_{args.model}.log"
+    run_name = args.model + (f"_tp{args.tensor_parallel_size}" if args.tensor_parallel_size > 1 else "")
+    log_path = args.out / f"serving_{run_name}.log"
     log_path.write_text("")
     serve_args = [
         str(work / "model"), "--served-model-name", args.model, "--host", "127.0.0.1", "--port", str(args.port),
@@ -247,12 +249,14 @@ def main() -> None:
     ]
     if args.model == "spikingbrain-w8aspike":
         serve_args += ["--quantization", "w8aspike"]
+    if args.tensor_parallel_size > 1:
+        serve_args += ["--tensor-parallel-size", str(args.tensor_parallel_size)]
     report = {
         "benchmark": __doc__.split("\n")[0], "model": args.model, "shape": args.shape,
         "command": " ".join(["python", *sys.argv]), "serve_args": serve_args[1:], **versions(),
         "env": {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "NEURONCHIP_"))},
     }
-    out_json = args.out / f"serving_{args.model}.json"
+    out_json = args.out / f"serving_{run_name}.json"
 
     def save(**fields):
         report.update(fields)

@@ -93,19 +93,6 @@ def test_each_prompt_alone_matches_reference(llm, tiny_checkpoint):
         assert_matches_reference(output, prompt, tensors, config)
 
 
-def test_compiled_model_matches_reference(tiny_checkpoint):
-    """vLLM's default torch.compile (projections and norms compiled, the GLA recurrence an opaque op)."""
-    directory, tensors, config = tiny_checkpoint
-    engine = make_llm(directory, enforce_eager=False)
-    try:
-        prompts = [random_prompt(n, seed=n) for n in (1, 33, 100)]
-        outputs = generate(engine, prompts)
-    finally:
-        free_llm(engine)
-    for prompt, output in zip(prompts, outputs):
-        assert_matches_reference(output, prompt, tensors, config)
-
-
 def test_prefix_cache_hit_matches_reference(llm, tiny_checkpoint):
     _, tensors, config = tiny_checkpoint
     shared = random_prompt(160, seed=7)
@@ -155,3 +142,18 @@ def test_context_beyond_max_position_embeddings_needs_no_override(tmp_path, monk
     finally:
         free_llm(engine)
     assert_matches_reference(output, prompt, tensors, spec.config(), check_prompt_logprobs=False)
+
+
+def test_compiled_model_matches_reference(tiny_checkpoint):
+    """vLLM's default torch.compile: projections and norms compiled, the GLA recurrence an opaque op.
+    Kept after the tests sharing the module's engine: freeing an in-process engine tears down the
+    process's distributed state, which that engine still needs."""
+    directory, tensors, config = tiny_checkpoint
+    engine = make_llm(directory, enforce_eager=False)
+    try:
+        prompts = [random_prompt(n, seed=n) for n in (1, 33, 100)]
+        outputs = generate(engine, prompts)
+    finally:
+        free_llm(engine)
+    for prompt, output in zip(prompts, outputs):
+        assert_matches_reference(output, prompt, tensors, config)

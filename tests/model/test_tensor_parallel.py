@@ -1,11 +1,13 @@
-"""Tensor parallelism on CPU: at TP=2 (two worker processes, heads, KV heads and GLA states sharded)
-a tiny checkpoint gives the reference's greedy tokens and logprobs, as TP=1 does."""
+"""Tensor parallelism: at TP=2 (two worker processes, heads, KV heads and GLA states sharded) a tiny
+checkpoint gives the reference's greedy tokens and logprobs, as TP=1 does; on CPU, and on two GPUs."""
 
 import json
 import math
 import os
 import subprocess
 import sys
+
+import pytest
 
 from tests.model.test_matches_reference import LOGPROB_TOL, MAX_TOKENS, generate, make_llm, random_prompt
 from vllm_neuronchip.model_executor.reference import reference_greedy
@@ -16,14 +18,14 @@ PROMPT_LENGTHS = (1, 7, 40, 150)
 RESULT = "TP2-RESULT "
 
 
-def test_tp2_matches_reference(tmp_path):
-    tensors = save_checkpoint(tmp_path, TP_SPEC)
-    # One core per rank; the multi-process executor TP needs.
+def check_tp2_matches_reference(directory, env_overrides: dict[str, str]) -> None:
+    tensors = save_checkpoint(directory, TP_SPEC)
+    # The multi-process executor TP needs.
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env |= {"VLLM_CPU_OMP_THREADS_BIND": "0|1", "PYTHONPATH": os.pathsep.join([root, env.get("PYTHONPATH", "")])}
+    env |= {"PYTHONPATH": os.pathsep.join([root, env.get("PYTHONPATH", "")])} | env_overrides
     run = subprocess.run(
-        [sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, __file__, str(directory)], env=env, capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(next(line for line in run.stdout.splitlines() if line.startswith(RESULT))[len(RESULT):])
@@ -32,6 +34,19 @@ def test_tp2_matches_reference(tmp_path):
         assert tokens == ref_tokens, f"TP=2, prompt of {n}: {tokens} != reference {ref_tokens}"
         for step, (token, logprob) in enumerate(zip(tokens, logprobs)):
             assert math.isclose(logprob, float(ref_logprobs[step][token]), abs_tol=LOGPROB_TOL)
+
+
+def test_tp2_matches_reference(tmp_path):
+    check_tp2_matches_reference(tmp_path, {"VLLM_CPU_OMP_THREADS_BIND": "0|1"})  # one core per rank
+
+
+@pytest.mark.gpu
+def test_tp2_on_two_gpus_matches_reference(tmp_path):
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    check_tp2_matches_reference(tmp_path, {})
 
 
 def serve_tp2(directory: str) -> list:
