@@ -8,6 +8,13 @@ median over replays (CUDA events) divided by `calls`. Outputs are first checked 
 (exact group sums, fp64 combine) at M = 1 and 16.
 
     python benchmarks/w8aspike_gemm.py --out benchmarks/results/w8aspike_gemm
+
+`--sweep` instead times every plan of `triton_kernels.candidate_plans` (GEMV tiles/warps/splits for M <= 16, int8
+dot tiles/warps/stages/splits for any M) in the same linear (quantizer + GEMM with that plan + cast), on the
+overflow layer, after checking each plan's output against the naive reference; it reports the best plan per
+shape and M next to the default `gemm_plan` and bf16, so one GPU call picks the plans to hard-code:
+
+    python benchmarks/w8aspike_gemm.py --sweep --m 1 16 64 256 --out benchmarks/results/w8aspike_sweep
 """
 
 import argparse
@@ -85,21 +92,103 @@ def our_linear(x, weights, scales, bias, i):
     return w8aspike_linear(x, K_SPIKE, weights[i % len(weights)], scales[i % len(scales)], bias)[0].to(x.dtype)
 
 
+def plan_linear(x, weights, scales, bias, plan, i):
+    """`our_linear` with the GEMM's plan forced (the sweep)."""
+    from vllm_neuronchip.ops.w8aspike import triton_kernels
+
+    s, vth = triton_kernels.spike_quantize(x, K_SPIKE)
+    y = triton_kernels.w8aspike_matmul(s, vth, weights[i % len(weights)], scales[i % len(scales)], bias, plan=plan)
+    return y.to(x.dtype)
+
+
+def naive_reference(s, vth, weight, scales, bias):
+    """Exact group sums as fp64 integers (einsum on the GPU), fp64 combine: the naive GEMM's output."""
+    import torch
+
+    from vllm_neuronchip.ops.w8aspike import naive
+
+    M, K = s.shape
+    N, G = weight.codes.shape[0], K // 128
+    exact = weight.exact().double().view(N, G, 128)
+    acc = torch.einsum("mgk,ngk->mng", s.double().view(M, G, 128), exact)
+    return naive.combine_group_sums(acc, vth, scales, bias)
+
+
+def sweep(args, device):
+    """Time every candidate plan per shape and M; returns result rows."""
+    import torch
+
+    from vllm_neuronchip.ops.w8aspike import triton_kernels
+    from vllm_neuronchip.quantization.weight_codes import WeightCodes
+
+    sm_count = triton_kernels._sm_count(device)
+    rows = []
+    for name in args.shapes:
+        N, K = SHAPES[name]
+        exact, scales, bias = synthetic_layer(N, K, device, seed=0)
+        weight = WeightCodes.from_exact(exact)
+        w_bf16 = (exact.view(N, K // 128, 128) * scales[..., None]).view(N, K).bfloat16()
+        bias_bf16 = bias.bfloat16() if bias is not None else None
+        del exact
+        W = weight.ell_cols.shape[1]
+        copies = max(1, min(40, math.ceil(COPY_BYTES / (w_bf16.nbytes / 2))))
+        w_copies = [weight] + [WeightCodes(*(t.clone() for t in (weight.codes, weight.ell_cols, weight.ell_residual)))
+                               for _ in range(copies - 1)]
+        s_copies = [scales] + [scales.clone() for _ in range(copies - 1)]
+        b_copies = [w_bf16] + [w_bf16.clone() for _ in range(copies - 1)]
+        for M in args.m:
+            calls = args.sweep_calls if M <= 256 else 2
+            replays = args.sweep_replays if M <= 256 else 5
+            x = torch.randn(M, K, device=device, generator=torch.Generator(device).manual_seed(M)).bfloat16()
+            s, vth = triton_kernels.spike_quantize(x, K_SPIKE)
+            y_ref = naive_reference(s, vth, weight, scales, bias)
+            tolerance = 1e-5 * y_ref.abs().max().item()
+            bf16_s = timed(partial(bf16_linear, x, b_copies, bias_bf16), calls, replays)
+            default = triton_kernels.gemm_plan(M, N, K // 128, W, sm_count)
+            plans = triton_kernels.candidate_plans(M, N, K // 128, W, sm_count)[: args.max_plans]
+            timings = []
+            for plan in plans:
+                began = time.perf_counter()
+                try:
+                    y = triton_kernels.w8aspike_matmul(s, vth, weight, scales, bias, plan=plan)
+                    error = (y - y_ref).abs().max().item()
+                    if not error <= tolerance:
+                        raise AssertionError(f"max error {error:.3g} > {tolerance:.3g} against the naive reference")
+                    seconds = timed(partial(plan_linear, x, w_copies, s_copies, bias, plan), calls, replays)
+                except Exception as e:  # noqa: BLE001 -- a plan that fails to compile (shared memory) or is wrong: recorded, the sweep goes on
+                    print(f"  {name} M={M} {plan}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
+                    timings.append({"plan": dataclasses.asdict(plan), "error": f"{type(e).__name__}: {e}"[:500]})
+                    continue
+                timings.append({"plan": dataclasses.asdict(plan), "s": seconds, "programs": plan.programs(M, N),
+                                "wall_s": time.perf_counter() - began})
+                if args.verbose:
+                    print(f"  {name} M={M} {seconds * 1e6:8.1f} us  {plan}", flush=True)
+            ok = [t for t in timings if "s" in t]
+            best = min(ok, key=lambda t: t["s"]) if ok else None
+            default_s = next((t["s"] for t in ok if t["plan"] == dataclasses.asdict(default)), None)
+            rows.append({"shape": name, "M": M, "N": N, "K": K, "ell_width": W, "bf16_s": bf16_s,
+                         "default_plan": dataclasses.asdict(default), "default_s": default_s, "best": best,
+                         "plans": timings})
+            if best:
+                print(f"{name:13s} M={M:5d}  bf16 {bf16_s * 1e6:8.1f} us  default "
+                      f"{(default_s or math.nan) * 1e6:8.1f} us  best {best['s'] * 1e6:8.1f} us "
+                      f"(x{bf16_s / best['s']:.2f} vs bf16) {best['plan']}", flush=True)
+        del w_copies, s_copies, b_copies, weight, w_bf16
+        torch.cuda.empty_cache()
+    return rows
+
+
 def check_against_naive(x, weight, scales, bias):
     """Our linear (spike counts and output) against round(x / vth) and the naive exact group sums."""
     import torch
 
-    from vllm_neuronchip.ops.w8aspike import naive, triton_kernels, w8aspike_linear
+    from vllm_neuronchip.ops.w8aspike import triton_kernels, w8aspike_linear
 
     y, s = w8aspike_linear(x, K_SPIKE, weight, scales, bias)
     s_ref, vth = triton_kernels.spike_quantize(x, K_SPIKE)
     if not torch.equal(s, s_ref) or not torch.equal(s, torch.round(x.float() / vth).to(torch.int32)):
         raise AssertionError("spike counts differ from round(x / vth)")
-    M, K = s.shape
-    N, G = weight.codes.shape[0], K // 128
-    exact = weight.exact().double().view(N, G, 128)
-    acc = torch.einsum("mgk,ngk->mng", s.double().view(M, G, 128), exact)  # exact integers in fp64
-    y_ref = naive.combine_group_sums(acc, vth, scales, bias)
+    y_ref = naive_reference(s, vth, weight, scales, bias)  # exact integers in fp64
     error = (y - y_ref).abs().max().item()
     tolerance = 1e-5 * y_ref.abs().max().item()
     if not error <= tolerance:
@@ -114,6 +203,11 @@ def main():
     parser.add_argument("--m", type=int, nargs="+", default=list(M_VALUES), help="rows (tokens) per GEMM")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--replays", type=int, default=50, help="graph replays per timing (M <= 256)")
+    parser.add_argument("--sweep", action="store_true", help="time every candidate GEMM plan instead")
+    parser.add_argument("--max-plans", type=int, default=None, help="sweep: first N candidates only (default first)")
+    parser.add_argument("--sweep-calls", type=int, default=20, help="sweep: linears per graph (M <= 256)")
+    parser.add_argument("--sweep-replays", type=int, default=20, help="sweep: graph replays per timing (M <= 256)")
+    parser.add_argument("--verbose", action="store_true", help="sweep: print every plan's time")
     args = parser.parse_args()
 
     import torch
@@ -127,6 +221,9 @@ def main():
     device = torch.device(DEVICE)
     began = time.perf_counter()
     results = []
+    if args.sweep:
+        results = sweep(args, device)
+        args.shapes = []
     for name in args.shapes:
         N, K = SHAPES[name]
         exact, scales, bias = synthetic_layer(N, K, device, seed=0)
@@ -136,7 +233,7 @@ def main():
         del exact
         full = layers["overflow"]
         overflow_fraction = (full.ell_residual != 0).sum().item() / full.codes.numel()
-        for M in (1, 16):  # correctness first, fail loudly
+        for M in (1, 16, 64):  # correctness first (GEMV and dot paths), fail loudly
             x = torch.randn(M, K, device=device).bfloat16()
             for weight in layers.values():
                 check_against_naive(x, weight, scales, bias)
@@ -170,7 +267,7 @@ def main():
             print(f"{name:13s} M={M:5d}  bf16 {row['bf16_s'] * 1e6:9.1f} us  ours {row['overflow_s'] * 1e6:9.1f} us "
                   f"(x{row['overflow_speedup_vs_bf16']:.2f}, {row['overflow_weight_GBps']:6.0f} GB/s)  "
                   f"no overflow {row['no_overflow_s'] * 1e6:9.1f} us (x{row['no_overflow_speedup_vs_bf16']:.2f})  "
-                  f"S={plan.splits}", flush=True)
+                  f"{plan.kind} S={plan.splits}", flush=True)
         del w_bf16, w_copies, layers, s_copies, full, weight, w0, copies_of
         torch.cuda.empty_cache()
     report = {
@@ -183,13 +280,15 @@ def main():
         "k": K_SPIKE,
         "x": "N(0, 1) bf16",
         "timing": "CUDA graph of calls_per_graph linears over distinct weight copies, median of replays / calls",
+        "mode": "sweep" if args.sweep else "compare",
         "results": results,
     }
     print(f"done in {report['seconds']:.0f} s")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "w8aspike_gemm.json").write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {args.out / 'w8aspike_gemm.json'}")
+        name = "w8aspike_sweep.json" if args.sweep else "w8aspike_gemm.json"
+        (args.out / name).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.out / name}")
 
 
 if __name__ == "__main__":

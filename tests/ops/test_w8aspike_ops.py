@@ -1,6 +1,7 @@
 """ops.w8aspike: the naive linear against quantization.spike_linear, the Triton kernels against the naive ones
-(in the Triton interpreter here, on CUDA where there is one): exact .5 ties, both vth clamps, values beyond int8,
-codes beyond ±127 as ELL pieces, split-K at decode sizes."""
+(in the Triton interpreter here, on CUDA where there is one): exact .5 ties, both vth clamps, values beyond int8
+(one and two higher base-128 digits on the dot path), codes beyond ±127 as ELL pieces, split-K at decode sizes,
+the GEMV path (M <= 16) and the int8 dot path (M > 16) under their default plans and a few others."""
 
 import dataclasses
 import os
@@ -23,11 +24,14 @@ K_VALUES = [3.0, 2.5]
 
 def make_x(M, K, outliers=True):
     """Multiples of 1/16 (every fp32 sum of |x| exact in any order, so vth is bit-exact whatever the kernel's
-    summation order), with two outlier channels (|s| > 127 in every row) unless `outliers` is False."""
+    summation order), with two outlier channels (|s| > 127 in every row) unless `outliers` is False; "huge"
+    adds a dominant channel 4e4 (|s| > 8192 for K >= 3584: three base-128 digits on the dot path)."""
     x = torch.randint(-48, 49, (M, K)) / 16
     if outliers:
         x[:, 3] = 150 + torch.randint(0, 64, (M,)) / 16
         x[:, K - 5] = -300
+    if outliers == "huge":
+        x[:, 7] = 4e4
     return x
 
 
@@ -123,16 +127,42 @@ def check_quantize(K, device="cpu"):
         check_quantize_random((torch.randn(4, K) * 3).bfloat16(), k, device)
 
 
-def check_matmul(M, K, N, with_bias, device="cpu", overflow="1%", outliers=True):
+def check_matmul(M, K, N, with_bias, device="cpu", overflow="1%", outliers=True, plans=("default",)):
+    """Against the naive GEMM, with the default plan and/or the variants of `plan_variants`; "all" runs both."""
     torch.manual_seed(M * 1000 + K + N)
     weight, scales, bias = make_weight(N, K, overflow)
     bias = bias if with_bias else None
     s, vth = spike_counts(make_x(M, K, outliers))
-    assert (s.abs() > 127).any() == outliers and (weight.ell_cols.shape[1] > 0) == (overflow != "none")
+    assert (s.abs() > 127).any() == bool(outliers) and (weight.ell_cols.shape[1] > 0) == (overflow != "none")
+    if outliers == "huge":
+        assert (s.abs() > 8192).any()
     y_ref = naive.w8aspike_matmul(s, vth, weight, scales, bias)
-    args = (s, vth, on(weight, device), scales, bias)
-    y = triton_kernels.w8aspike_matmul(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in args))
-    assert_matches(y.cpu(), y_ref)
+    args = [t.to(device) if isinstance(t, torch.Tensor) else t for t in (s, vth, on(weight, device), scales, bias)]
+    todo = [None] if plans == ("default",) else plan_variants(M, N, K // GROUP_SIZE, weight.ell_cols.shape[1])
+    if plans == "all":
+        todo = [None] + todo
+    for plan in todo:
+        y = triton_kernels.w8aspike_matmul(*args, plan=plan)
+        assert_matches(y.cpu(), y_ref)
+
+
+def plan_variants(M, N, G, W):
+    """Non-default plans that stress the masks and splits: GEMV (if M <= 16) with whole-step and partial-step
+    splits, a code tile wider than N, fp32 products; the dot path with several M tiles and split-K, and one
+    tile without splits (also at M <= 16, which it handles as well)."""
+    make = triton_kernels.make_plan
+    plans = []
+    if M <= triton_kernels.GEMV_MAX_M:
+        plans += [
+            make("gemv", M, N, G, W, 132, bn=32, gb=4, num_warps=8),  # one step over all groups, masked tail
+            make("gemv", M, N, G, W, 132, bn=8, gb=2, programs_per_sm=100),  # splits of 2 groups, ELL split
+            make("gemv", M, N, G, W, 132, bn=16, gb=1, fp32_products=True, programs_per_sm=100),
+        ]
+    plans += [
+        make("dot", M, N, G, W, 132, bm=16, bn=32, programs_per_sm=100),  # a split per group
+        make("dot", M, N, G, W, 132, bm=32, bn=64, num_warps=8, programs_per_sm=0.01),  # no split
+    ]
+    return plans
 
 
 def check_linear(M, K, N, device="cpu"):
@@ -201,14 +231,20 @@ def test_ell_costs_a_few_percent_of_the_int8_bytes():
 
 
 @pytest.mark.parametrize("N,K", [(4608, 3584), (3584, 3584), (512, 3584), (37888, 3584), (3584, 18944)])
-@pytest.mark.parametrize("M", [1, 8, 16])
-def test_gemm_plan_fills_an_h100_at_decode(M, N, K):
+@pytest.mark.parametrize("M", [1, 8, 16, 17, 256, 4096])
+def test_gemm_plan_fills_an_h100(M, N, K):
     G = K // GROUP_SIZE
     plan = triton_kernels.gemm_plan(M, N, G, 57, sm_count=132)
-    programs = -(-M // plan.bm) * -(-N // plan.bn) * plan.splits
-    assert programs >= 2 * 132
+    assert plan == triton_kernels.gemm_plan(M, N, G, 57, sm_count=132)  # plain arithmetic
+    assert plan.kind == ("gemv" if M <= 16 else "dot")
+    assert plan.programs(M, N) >= (2 if M <= 16 else 1) * 132 or plan.splits * plan.gb >= G
+    assert plan.groups_per_split % plan.gb == 0 or plan.splits == 1
     assert plan.groups_per_split * (plan.splits - 1) < G <= plan.groups_per_split * plan.splits  # no empty split
     assert plan.ell_per_split * plan.splits >= 57
+    if plan.kind == "gemv":
+        assert plan.bm >= M and plan.bn * plan.gb * 128 // (32 * plan.num_warps) <= 128  # codes a thread
+    candidates = triton_kernels.candidate_plans(M, N, G, 57, sm_count=132)
+    assert candidates[0] == plan and len(set(candidates)) == len(candidates) <= 160
 
 
 def test_residual_dot_exactness_bound():
@@ -235,7 +271,8 @@ def _env(**extra):
 
 def test_imports_without_triton():
     check = "import sys; sys.modules['triton'] = None; import vllm_neuronchip.ops.w8aspike; print('imported')"
-    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, env=_env())
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, env=_env(),
+                         check=False)
     assert run.returncode == 0 and "imported" in run.stdout, run.stdout + run.stderr
 
 
@@ -252,11 +289,14 @@ for M, K, N in t.SHAPES:
     for with_bias in (False, True):
         t.check_matmul(M, K, N, with_bias)
 t.check_matmul(70, 384, 80, True)  # several tiles along M and N, masked edges, three groups
-for M in (1, 16):  # decode: K split over the groups (S = 3 for K 384), ELL columns shared between the splits
+for M in (1, 5, 16, 17, 64):  # GEMV up to 16, dot beyond; default plans split K (S = 3 for K 384)
     for overflow in ("none", "sparse", "1%"):  # no ELL; ELL narrower than the splits; ~1% with pieces
         for outliers in (False, True):
-            t.check_matmul(M, 384, 40, True, overflow=overflow, outliers=outliers)
+            t.check_matmul(M, 384, 40, overflow != "sparse", overflow=overflow, outliers=outliers,
+                           plans="all" if overflow != "sparse" else ("default",))
     t.check_matmul(M, 128, 40, False)  # one group: no split, vth and bias in the GEMM
+for M in (1, 17):  # |s| > 8192: the dot path's third digit; the GEMV's plain int32 products
+    t.check_matmul(M, 3584, 24, True, outliers="huge", plans="all")
 t.check_linear(8, 256, 48)
 t.check_linear(20, 3584, 128)  # the model's hidden size: 28 groups
 print("triton w8aspike ok")
@@ -267,7 +307,7 @@ def test_triton_kernels_in_interpreter():
     pytest.importorskip("triton", reason="triton is not installed")
     run = subprocess.run(
         [sys.executable, "-c", INTERPRETER_CHECK.format(tests=str(Path(__file__).parent))],
-        env=_env(TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=300,
+        env=_env(TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=300, check=False,
     )
     assert run.returncode == 0 and "triton w8aspike ok" in run.stdout, run.stdout + run.stderr
 
@@ -289,12 +329,28 @@ def test_w8aspike_matmul_on_cuda(M, K, N, with_bias):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("M", [1, 16])
+@pytest.mark.parametrize("M", [1, 5, 16, 17, 64])
 @pytest.mark.parametrize("overflow", ["none", "sparse", "1%"])
-@pytest.mark.parametrize("outliers", [False, True])
+@pytest.mark.parametrize("outliers", [False, True, "huge"])
 @pytest.mark.parametrize("K,N", [(128, 40), (384, 40), (3584, 512), (3584, 4608), (18944, 3584)])
 def test_w8aspike_matmul_split_k_and_ell_on_cuda(M, K, N, overflow, outliers):
-    check_matmul(M, K, N, True, "cuda", overflow=overflow, outliers=outliers)
+    if outliers == "huge" and K < 3584:
+        pytest.skip("|s| > 8192 needs K >= 3584 at k = 3")
+    check_matmul(M, K, N, M % 2 == 1, "cuda", overflow=overflow, outliers=outliers, plans="all")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [1, 16, 17, 256])
+@pytest.mark.parametrize("N,K", [(4608, 3584), (512, 3584)])
+def test_every_candidate_plan_on_cuda(M, N, K):
+    """Every plan the benchmark's sweep may pick is exact (the sweep itself checks the timed ones too)."""
+    torch.manual_seed(M + N)
+    weight, scales, bias = make_weight(N, K)
+    s, vth = spike_counts(make_x(M, K, "huge"))
+    y_ref = naive.w8aspike_matmul(s, vth, weight, scales, bias)
+    args = (s.cuda(), vth.cuda(), on(weight, "cuda"), scales.cuda(), bias.cuda())
+    for plan in triton_kernels.candidate_plans(M, N, K // GROUP_SIZE, weight.ell_cols.shape[1]):
+        assert_matches(triton_kernels.w8aspike_matmul(*args, plan=plan).cpu(), y_ref)
 
 
 @pytest.mark.gpu

@@ -1,16 +1,51 @@
-"""GPU path of a W8ASpike linear: a Triton spike quantizer and a Triton int8 GEMM with one scale per 128-wide K tile.
-Spike counts past ±127 and codes past ±127 (padded per-row ELL pieces) are both handled inside the GEMM."""
+"""GPU path of a W8ASpike linear: a Triton spike quantizer and Triton int8 GEMMs with one scale per 128-wide K group.
+Spike counts past ±127 and codes past ±127 (padded per-row ELL pieces) are both handled exactly inside the GEMMs.
+
+Two GEMM paths, picked by `gemm_plan` from the shapes alone (no autotuning, no host sync, CUDA-graph safe):
+
+* "gemv" (decode, M <= 16): no tensor cores. A program owns BN output rows and a range of K groups; each step
+  loads a [BN, GB, 128] tile of int8 codes (GB groups at once, K-contiguous), and for every row m of s (a
+  statically unrolled loop over the M rows, padded to a power of two) multiplies the int32 spike counts by the
+  codes, sums each 128-group exactly (int32, or fp32 where every partial sum is an integer below 2^24) and
+  applies σ per group in fp32. Counts beyond ±127 need nothing special: s·c is a plain integer product.
+* "dot" (M > 16): int8 tensor-core dots. A small prep kernel turns s into int8 digits d0 [M, K] (d0 = s where
+  |s| <= 127, else the low balanced base-128 digit) and per-group flags (the most digits any row needs in that
+  group, atomic max: order-free). The GEMM loop does one int8 dot per group, and only in flagged groups (a
+  uniform branch on one loaded scalar, no reduction) the dots of the higher digits d1, d2 recomputed from s:
+  s = d0 + 128·d1 + 16384·d2, all int8, combined exactly in int32 before σ.
+
+Both: with few output tiles the groups are split S ways (split-K) so the grid fills the GPU; each split also
+takes 1/S of the ELL columns and writes fp32 partials [S, M, N] that a reduce kernel sums in split order
+(deterministic), then applies vth and the bias."""
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from vllm_neuronchip.quantization.reference import DEFAULT_K, GROUP_SIZE, VTH_MAX, VTH_MIN
+from vllm_neuronchip.quantization.reference import (
+    DEFAULT_K,
+    GROUP_SIZE,
+    VTH_MAX,
+    VTH_MIN,
+)
 from vllm_neuronchip.quantization.weight_codes import INT8_LIMIT, WeightCodes
 
 QUANTIZE_BLOCK = 2048
 """Features per step of the quantizer's loops over a row."""
+
+GEMV_MAX_M = 16
+"""Rows of s up to which `gemm_plan` picks the tensor-core-free GEMV path."""
+
+GEMV_TILES = ((16, 4), (16, 2), (16, 1), (8, 1))
+"""(BN, GB) the default GEMV plan tries in order: 16 output rows x 512 codes (8192 int8, 64 a thread at 4 warps)
+per step where N allows, then fewer groups per step and narrower tiles so that small N still fills the GPU."""
+
+PREP_ROWS = 32
+"""Rows of s per program of the dot path's prep kernel (one 128-group per program)."""
+
+DIGIT_LIMIT = 2**21
+"""|s| below which the three int8 base-128 digits of the dot path are exact (|d2| <= 127)."""
 
 
 def spike_quantize(x: torch.Tensor, k: float = DEFAULT_K) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,26 +68,126 @@ def spike_quantize(x: torch.Tensor, k: float = DEFAULT_K) -> tuple[torch.Tensor,
     return s, vth
 
 
+@dataclass(frozen=True)
+class GemmPlan:
+    """One launch configuration of `w8aspike_matmul`. Everything here is fixed by (M bucket, N, K, W) and the SM
+    count, so a plan never depends on data and the launch is CUDA-graph safe."""
+
+    kind: str  # "gemv" (M <= 16, CUDA cores) or "dot" (int8 tensor cores)
+    bm: int  # rows of s per program (gemv: M rounded up to a power of two, all rows in one program)
+    bn: int  # output features per program
+    gb: int  # 128-groups per step of the K loop (dot: 1)
+    splits: int  # S: programs along K for one output tile
+    groups_per_split: int  # 128-groups per split, a multiple of gb (the last split may have fewer)
+    ell_per_split: int  # ELL columns per split
+    ell_block: int  # ELL columns per step of a program's ELL loop (dot: 1)
+    num_warps: int = 4
+    num_stages: int = 2
+    fp32_products: bool = False  # gemv: products and group sums in fp32 (exact under check_exact_fp32_residual)
+
+    def programs(self, M: int, N: int) -> int:
+        """Programs of the GEMM's grid for s [M, K] and N outputs."""
+        return -(-M // self.bm) * -(-N // self.bn) * self.splits
+
+
+def make_plan(kind: str, M: int, N: int, G: int, W: int, sm_count: int, *, bn: int, bm: int = 0, gb: int = 1,
+              num_warps: int = 4, num_stages: int = 2, fp32_products: bool = False,
+              programs_per_sm: float = 2.0) -> GemmPlan:
+    """A plan with the given tiles whose split-K S is the smallest that gives at least `programs_per_sm` · SMs
+    programs (as far as G allows): S = ceil(G / groups_per_split) with groups_per_split a multiple of gb."""
+    if kind == "gemv":
+        bm = _next_power_of_2(M)
+    elif kind != "dot":
+        raise ValueError(f"unknown GEMM kind {kind!r}")
+    else:
+        gb = 1
+    tiles = -(-M // bm) * -(-N // bn)
+    wanted = -(-int(programs_per_sm * sm_count) // tiles)
+    steps = -(-G // gb)
+    steps_per_split = steps if wanted <= 1 else max(1, steps // wanted)
+    groups_per_split = min(steps_per_split * gb, G) if steps_per_split < steps else G
+    splits = -(-G // groups_per_split)
+    if kind == "gemv":
+        ell_block = 16 if bn <= 32 else 8
+    else:
+        ell_block = 1
+    return GemmPlan(kind, bm, bn, gb, splits, groups_per_split, -(-W // splits) if W else 0, ell_block,
+                    num_warps, num_stages, fp32_products)
+
+
+def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> GemmPlan:
+    """The default plan: deterministic arithmetic on the shapes (no autotuning at run time, no host sync).
+
+    M <= 16, the GEMV path: the first (BN, GB) of `GEMV_TILES` whose tiles x steps reach 2 · SMs programs,
+    then split-K to 2 · SMs programs; 4 warps, 2 stages, int32 products. The 7B on 132 SMs: qkv (N 4608,
+    K 3584) BN 16 GB 4 S 1, o (N 3584) S 3, gk (N 512) BN 16 GB 2 S 14, gate_up (N 37888) S 1, down (K 18944)
+    S 3.
+    M > 16, the int8 tensor-core path: BM 64 (M <= 64) or 128, BN 128 (64 for N <= 1024), 8 warps, 3 stages,
+    split-K to one program per SM."""
+    sm_count = DEFAULT_SM_COUNT if sm_count is None else sm_count
+    if M <= GEMV_MAX_M:
+        for bn, gb in GEMV_TILES:
+            if -(-N // bn) * -(-G // gb) >= 2 * sm_count:
+                break
+        return make_plan("gemv", M, N, G, W, sm_count, bn=bn, gb=gb, num_warps=4, num_stages=2)
+    bm = 64 if M <= 64 else 128
+    bn = 64 if N <= 1024 else 128
+    return make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=8 if bm * bn >= 8192 else 4,
+                     num_stages=3, programs_per_sm=1.0)
+
+
+def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> list[GemmPlan]:
+    """The plans `benchmarks/w8aspike_gemm.py --sweep` times for one (M, N, K, W), the default first; all exact."""
+    sm_count = DEFAULT_SM_COUNT if sm_count is None else sm_count
+    plans = [gemm_plan(M, N, G, W, sm_count)]
+    if M <= GEMV_MAX_M:
+        for bn in (8, 16, 32, 64):
+            for gb in (1, 2, 4, 8):
+                for num_warps in (2, 4, 8):
+                    if not 16 <= bn * gb * 128 // (32 * num_warps) <= 128:  # int8 codes a thread per step
+                        continue
+                    for pps in (2.0, 4.0):
+                        plans.append(make_plan("gemv", M, N, G, W, sm_count, bn=bn, gb=gb, num_warps=num_warps,
+                                               programs_per_sm=pps))
+        base = plans[0]
+        plans += [replace(base, fp32_products=True), replace(base, num_stages=3), replace(base, num_stages=1)]
+    for bm in ((16, 32, 64) if M <= 64 else (64, 128)):
+        for bn in (32, 64, 128, 256):
+            if bm * bn > 128 * 256:
+                continue
+            for num_warps, num_stages in ((4, 3), (4, 4), (8, 3), (8, 4)):
+                if bm * bn < 8192 and num_warps == 8:
+                    continue
+                for pps in (1.0, 2.0):
+                    plans.append(make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=num_warps,
+                                           num_stages=num_stages, programs_per_sm=pps))
+    unique = []
+    for plan in plans:
+        if plan not in unique:
+            unique.append(plan)
+    return unique
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
 def w8aspike_matmul(
     s: torch.Tensor,
     vth: torch.Tensor,
     weight: WeightCodes,
     scales: torch.Tensor,
     bias: torch.Tensor | None = None,
+    plan: GemmPlan | None = None,
 ) -> torch.Tensor:
     """`naive.w8aspike_matmul` -> y fp32 [M, N], with no host synchronisation and shapes fixed by M, N, K and
-    the ELL width (CUDA-graph safe).
+    the ELL width (CUDA-graph safe). `plan` overrides `gemm_plan` (the benchmark's sweep).
 
-    Per 128-wide K tile g: acc = s8 · c8ᵀ as an int8 dot (int32 sums, exact) with s8 = clamp(s, ±127); where
-    the tile holds spike counts beyond ±127, plus (s - s8) · c8ᵀ as an IEEE fp32 dot, exact because every
-    partial sum stays below 2^24 (`check_exact_fp32_residual`); out += σ[:, g] · acc. Codes beyond ±127 come
-    from the ELL pieces of each output row n in the same program: out += Σ_w (s[:, col] · r) · σ[n, col // 128]
-    in fp32, where s · r is an exact integer (|r| <= 127, the same 2^24 bound) and only the multiplication by σ
-    and the sums round, like the combine over groups. y = vth · out + b.
-
-    Grid (M / BM, N / BN, S): with few output tiles (decode) the groups are split S ways so the grid fills
-    the GPU; each split also takes 1/S of the ELL columns, writes fp32 partials [S, M, N], and a second
-    kernel sums them in split order (deterministic) and applies vth and the bias."""
+    Both paths compute, per 128-group g, the exact integer acc_g = Σ_{i∈g} s_i · c8_i (c8 the int8 codes) and
+    add σ[n, g] · acc_g in fp32; the ELL pieces r (|r| <= 127) at columns j add σ[n, j // 128] · (s_j · r),
+    s_j · r an exact integer; y = vth · out + b. The group sums are below 127 · Σ|s_i| < 2^24 under
+    `check_exact_fp32_residual`, so their conversion to fp32 is exact too: only the multiplications by σ and
+    the sums over groups, ELL pieces and splits round, like the fp64 combine of the reference."""
     import triton
 
     M, K = s.shape
@@ -64,18 +199,33 @@ def w8aspike_matmul(
         raise ValueError(f"ELL columns {tuple(weight.ell_cols.shape)} and pieces "
                          f"{tuple(weight.ell_residual.shape)} must both be [{N}, W]")
     W = weight.ell_cols.shape[1]
-    plan = gemm_plan(M, N, G, W, _sm_count(s.device))
+    if plan is None:
+        plan = gemm_plan(M, N, G, W, _sm_count(s.device))
+    elif plan.kind == "gemv" and plan.bm < M:
+        raise ValueError(f"a GEMV plan for {plan.bm} rows cannot take M = {M}")
     y = torch.empty(M, N, dtype=torch.float32, device=s.device)
     out = y if plan.splits == 1 else torch.empty(plan.splits, M, N, dtype=torch.float32, device=s.device)
     s, vth = s.contiguous(), vth.contiguous()
+    codes, sigma = weight.codes.contiguous(), scales.reshape(N, G).contiguous()
+    ell_cols, ell_residual = weight.ell_cols.contiguous(), weight.ell_residual.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    _gemm_kernel()[(triton.cdiv(M, plan.bm), triton.cdiv(N, plan.bn), plan.splits)](
-        s, weight.codes.contiguous(), scales.reshape(N, G).contiguous(), vth, bias if bias is not None else y,
-        weight.ell_cols.contiguous(), weight.ell_residual.contiguous(), out,
-        M, N, W, plan.groups_per_split, plan.ell_per_split,
-        K=K, G=G, LIMIT=INT8_LIMIT, HAS_BIAS=bias is not None, HAS_ELL=W > 0, SPLIT=plan.splits > 1,
-        BM=plan.bm, BN=plan.bn, BK=GROUP_SIZE, WB=plan.ell_block,
-    )
+    common = {"K": K, "G": G, "HAS_BIAS": bias is not None, "HAS_ELL": W > 0, "SPLIT": plan.splits > 1,
+              "BM": plan.bm, "BN": plan.bn, "num_warps": plan.num_warps, "num_stages": plan.num_stages}
+    if plan.kind == "gemv":
+        _gemv_kernel()[(triton.cdiv(N, plan.bn), plan.splits)](
+            s, codes, sigma, vth, bias if bias is not None else y, ell_cols, ell_residual, out,
+            M, N, W, plan.groups_per_split, plan.ell_per_split,
+            GB=plan.gb, WB=plan.ell_block, FP32=plan.fp32_products, **common,
+        )
+    else:
+        d0 = torch.empty(M, K, dtype=torch.int8, device=s.device)
+        s_t = torch.empty(K, M, dtype=torch.int32, device=s.device) if W else d0
+        flags = torch.zeros(G, dtype=torch.int32, device=s.device)
+        _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, d0, s_t, flags, M, K=K, PM=PREP_ROWS, WRITE_T=W > 0)
+        _dot_kernel()[(triton.cdiv(M, plan.bm), triton.cdiv(N, plan.bn), plan.splits)](
+            s, d0, s_t, flags, codes, sigma, vth, bias if bias is not None else y, ell_cols, ell_residual, out,
+            M, N, W, plan.groups_per_split, plan.ell_per_split, **common,
+        )
     if plan.splits > 1:
         _reduce_kernel()[(M, triton.cdiv(N, REDUCE_BLOCK))](
             out, vth, bias if bias is not None else y, y, M, N, plan.splits,
@@ -91,32 +241,6 @@ DEFAULT_SM_COUNT = 132
 """SMs assumed off CUDA (the interpreter): an H100 SXM."""
 
 
-@dataclass(frozen=True)
-class GemmPlan:
-    bm: int  # rows of s per program
-    bn: int  # output features per program
-    splits: int  # S: programs along K for one output tile
-    groups_per_split: int  # 128-wide K groups per split (the last split may have fewer)
-    ell_per_split: int  # ELL columns per split
-    ell_block: int  # ELL columns per step of a program's ELL loop
-
-
-def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int = DEFAULT_SM_COUNT) -> GemmPlan:
-    """Tile sizes and split-K from the shapes alone (no autotuning, no host sync). Small N gets narrower
-    tiles; when the [M, N] tiles are fewer than 2 programs per SM, the G groups are split into S parts of
-    G // ceil(2·SMs / tiles) groups (at least one), so the grid has at least 2·SMs programs while G allows.
-    The 7B at M <= 16 on 132 SMs: qkv (N 4608, K 3584) S=4, o S=6, gk (N 512) S=28, down (K 18944) S=6,
-    gate_up (N 37888) S=1."""
-    bm = 16 if M <= 16 else 64
-    bn = 32 if N <= 1024 else 64
-    tiles = -(-M // bm) * -(-N // bn)
-    wanted = -(-2 * sm_count // tiles)
-    groups_per_split = G if wanted <= 1 else max(1, G // wanted)
-    splits = -(-G // groups_per_split)
-    ell_block = min(16, 8192 // (bm * bn))  # keeps the [BM, BN, WB] gather of spike counts at 8192 values
-    return GemmPlan(bm, bn, splits, groups_per_split, -(-W // splits) if W else 0, ell_block)
-
-
 @functools.cache
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
@@ -125,9 +249,12 @@ def _sm_count(device: torch.device) -> int:
 
 
 def check_exact_fp32_residual(k: float, in_features: int) -> None:
-    """Σ_i |s_i| over a row is at most k·K + K/2 (s = round(x / vth), vth = mean|x| / k), so a residual dot
-    (s - s8) · c8 has partial sums below 127 · (k·K + K/2), and so has any single product s_i · r of a spike
-    count and an ELL piece (|r| <= 127); fp32 holds them exactly below 2^24."""
+    """Σ_i |s_i| over a row is at most k·K + K/2 (s = round(x / vth), vth = mean|x| / k, unless vth is clamped),
+    so any partial sum of products s_i · c_i with |c_i| <= 127 (a group sum of int8 codes, the product of a
+    spike count and an ELL piece) is below 127 · (k·K + K/2). Below 2^24 these integers are exact in fp32: the
+    GEMV's fp32 products and sums, and the conversion of every exact int32 group sum to fp32 before σ. It also
+    bounds |s| below 2^24 / 127 < `DIGIT_LIMIT`, where the dot path's three int8 digits of s are exact, and
+    keeps every int32 sum far below 2^31."""
     bound = INT8_LIMIT * (k * in_features + in_features / 2)
     if bound >= 2**24:
         raise ValueError(f"k={k} with {in_features} input features could exceed fp32's exact integers "
@@ -169,41 +296,50 @@ def _quantize_kernel():
 
 
 @functools.cache
-def _gemm_kernel():
+def _gemv_kernel():
     import triton
     import triton.language as tl
 
     @triton.jit
-    def w8aspike_gemm_kernel(
+    def w8aspike_gemv_kernel(
         s, codes, scales, vth, bias, ell_cols, ell_residual, out, M, N, W, groups_per_split, ell_per_split,
-        K: tl.constexpr, G: tl.constexpr, LIMIT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr,
-        SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WB: tl.constexpr,
+        K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
+        FP32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GB: tl.constexpr, WB: tl.constexpr,
     ):
-        # One program per [BM, BN] tile of y and split of K; its K loop walks its scale groups, one 128-wide tile
-        # each, then its share of the ELL columns of its BN output rows.
-        split = tl.program_id(2)
-        rows = tl.program_id(0) * BM + tl.arange(0, BM)
-        cols = tl.program_id(1) * BN + tl.arange(0, BN)
-        ks = tl.arange(0, BK)
-        m_rows, m_cols = rows < M, cols < N
-        s_rows = s + rows.to(tl.int64)[:, None] * K
-        p_s = s_rows + ks[None, :]  # [BM, BK]
-        p_codes = codes + cols.to(tl.int64)[None, :] * K + ks[:, None]  # [BK, BN], K-major
+        # One program per BN output rows and split of K, all M (<= BM) rows of s. Each step: a [BN, GB, 128] int8
+        # code tile (GB whole groups, K-contiguous), reused by every row m of s; the products are exact integers
+        # (|s · c| sums < 2^24 under check_exact_fp32_residual, so also in fp32 when FP32), summed per group over
+        # the last axis, then scaled by σ [BN, GB] in fp32.
+        split = tl.program_id(1)
+        cols = tl.program_id(0) * BN + tl.arange(0, BN)
+        m_cols = cols < N
+        gi = tl.arange(0, GB)
+        ks = tl.arange(0, 128)
+        rows = tl.arange(0, BM)
+        p_codes = codes + cols.to(tl.int64)[:, None, None] * K + (gi[:, None] * 128 + ks[None, :])[None, :, :]
+        p_sigma = scales + cols[:, None] * G + gi[None, :]  # [BN, GB]
+        p_s = gi[:, None] * 128 + ks[None, :]  # [GB, 128] offsets within a row of s
         out_tile = tl.zeros([BM, BN], dtype=tl.float32)
         g_start = split * groups_per_split
-        for g in range(g_start, tl.minimum(g_start + groups_per_split, G)):
-            a = tl.load(p_s + g * BK, mask=m_rows[:, None], other=0)
-            a8 = tl.minimum(tl.maximum(a, -LIMIT), LIMIT)
-            b = tl.load(p_codes + g * BK, mask=m_cols[None, :], other=0)
-            acc = tl.dot(a8.to(tl.int8), b, out_dtype=tl.int32).to(tl.float32)  # exact: |acc| <= 128 * 127 * 127
-            residual = a - a8
-            if tl.max(tl.abs(residual)) > 0:  # spike counts beyond ±127 in this tile: exact fp32 dot
-                acc += tl.dot(residual.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-            sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
-            out_tile += acc * sigma[None, :]
+        g_end = tl.minimum(g_start + groups_per_split, G)
+        for g0 in range(g_start, g_end, GB):
+            m_g = (g0 + gi) < g_end
+            c = tl.load(p_codes + g0 * 128, mask=m_cols[:, None, None] & m_g[None, :, None], other=0)
+            sigma = tl.load(p_sigma + g0, mask=m_cols[:, None] & m_g[None, :], other=0.0)
+            if FP32:
+                c = c.to(tl.float32)
+            else:
+                c = c.to(tl.int32)
+            for m in tl.static_range(BM):
+                a = tl.load(s + m * K + g0 * 128 + p_s, mask=(m_g & (gi * 0 + m < M))[:, None], other=0)  # [GB, 128] int32
+                if FP32:
+                    a = a.to(tl.float32)
+                part = tl.sum(a[None, :, :] * c, axis=2)  # [BN, GB] exact group sums
+                contrib = tl.sum(part.to(tl.float32) * sigma, axis=1)  # [BN]
+                out_tile = tl.where(rows[:, None] == m, out_tile + contrib[None, :], out_tile)
         if HAS_ELL:
-            # Codes beyond ±127: pieces r (|r| <= 127) at columns j of each output row n; s[:, j] · r is an exact
-            # fp32 integer (< 2^24), then times σ[n, j // 128]. Padding is (column 0, piece 0).
+            # Codes beyond ±127: pieces r (|r| <= 127) at columns j of each output row n; s[m, j] · r is an exact
+            # integer (int32), then times σ[n, j // 128] in fp32. Padding is (column 0, piece 0).
             w_start = split * ell_per_split
             w_end = tl.minimum(w_start + ell_per_split, W)
             p_ell = cols.to(tl.int64)[:, None] * W  # [BN, 1]
@@ -211,11 +347,13 @@ def _gemm_kernel():
                 ws = w0 + tl.arange(0, WB)
                 m_ell = m_cols[:, None] & (ws < w_end)[None, :]  # [BN, WB]
                 j = tl.load(ell_cols + p_ell + ws[None, :], mask=m_ell, other=0).to(tl.int32)
-                r = tl.load(ell_residual + p_ell + ws[None, :], mask=m_ell, other=0).to(tl.float32)
-                sigma = tl.load(scales + cols[:, None] * G + j // BK, mask=m_ell, other=0.0)
-                spikes = tl.load(s_rows[:, :, None] + j[None, :, :], mask=m_rows[:, None, None] & m_ell[None, :, :],
-                                 other=0).to(tl.float32)  # [BM, BN, WB]
-                out_tile += tl.sum(spikes * r[None, :, :] * sigma[None, :, :], axis=2)
+                r = tl.load(ell_residual + p_ell + ws[None, :], mask=m_ell, other=0).to(tl.int32)
+                sigma = tl.load(scales + cols[:, None] * G + j // 128, mask=m_ell, other=0.0)
+                for m in tl.static_range(BM):
+                    spikes = tl.load(s + m * K + j, mask=m_ell & (j * 0 + m < M), other=0)  # [BN, WB] int32
+                    contrib = tl.sum((spikes * r).to(tl.float32) * sigma, axis=1)
+                    out_tile = tl.where(rows[:, None] == m, out_tile + contrib[None, :], out_tile)
+        m_rows = rows < M
         mask = m_rows[:, None] & m_cols[None, :]
         offsets = rows.to(tl.int64)[:, None] * N + cols[None, :]
         if SPLIT:
@@ -226,7 +364,104 @@ def _gemm_kernel():
                 out_tile += tl.load(bias + cols, mask=m_cols, other=0.0).to(tl.float32)[None, :]
             tl.store(out + offsets, out_tile, mask=mask)
 
-    return w8aspike_gemm_kernel
+    return w8aspike_gemv_kernel
+
+
+@functools.cache
+def _prep_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def spike_digits_kernel(s, d0, s_t, flags, M, K: tl.constexpr, PM: tl.constexpr, WRITE_T: tl.constexpr):
+        # One program per PM rows and 128-group g of s: d0 = s where |s| <= 127, else the low balanced base-128
+        # digit of s (in [-64, 63]); flags[g] = max over rows of the digits needed (0: s fits int8, 1: s = d0 +
+        # 128·d1, 2: s = d0 + 128·d1 + 16384·d2), by atomic max (order-free: deterministic). s_t = sᵀ [K, M] for
+        # the ELL gathers of the dot path (columns of s contiguous over rows).
+        g = tl.program_id(1)
+        rows = tl.program_id(0) * PM + tl.arange(0, PM)
+        ks = g * 128 + tl.arange(0, 128)
+        m_rows = rows < M
+        a = tl.load(s + rows.to(tl.int64)[:, None] * K + ks[None, :], mask=m_rows[:, None], other=0)
+        big = tl.abs(a) > 127
+        digit0 = tl.where(big, ((a + 64) & 127) - 64, a)
+        t = (a - digit0) >> 7  # exact: a - digit0 is a multiple of 128
+        digit1 = ((t + 64) & 127) - 64
+        digit2 = (t - digit1) >> 7
+        level = tl.where(big, tl.where(digit2 != 0, 2, 1), 0)
+        tl.store(d0 + rows.to(tl.int64)[:, None] * K + ks[None, :], digit0.to(tl.int8), mask=m_rows[:, None])
+        if WRITE_T:
+            tl.store(s_t + ks.to(tl.int64)[None, :] * M + rows[:, None], a, mask=m_rows[:, None])
+        tl.atomic_max(flags + g, tl.max(tl.max(level, axis=1), axis=0))
+
+    return spike_digits_kernel
+
+
+@functools.cache
+def _dot_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def w8aspike_dot_kernel(
+        s, d0, s_t, flags, codes, scales, vth, bias, ell_cols, ell_residual, out,
+        M, N, W, groups_per_split, ell_per_split,
+        K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr,
+    ):
+        # One program per [BM, BN] tile of y and split of K; one int8 dot [BM, 128] x [128, BN] per group. Where the
+        # prep kernel flagged the group (some |s| > 127 in it, any row), the higher digits of s are recomputed from
+        # s itself and dotted too: acc = d0·c + 128·(d1·c) + 16384·(d2·c) = s·c exactly in int32 (each dot is
+        # exact in int32; the sum is below 2^24). The branch is on one loaded scalar: uniform, no reduction.
+        split = tl.program_id(2)
+        rows = tl.program_id(0) * BM + tl.arange(0, BM)
+        cols = tl.program_id(1) * BN + tl.arange(0, BN)
+        ks = tl.arange(0, 128)
+        m_rows, m_cols = rows < M, cols < N
+        row_offsets = rows.to(tl.int64)[:, None] * K + ks[None, :]  # [BM, 128]
+        p_codes = codes + cols.to(tl.int64)[None, :] * K + ks[:, None]  # [128, BN], K-major
+        out_tile = tl.zeros([BM, BN], dtype=tl.float32)
+        g_start = split * groups_per_split
+        for g in range(g_start, tl.minimum(g_start + groups_per_split, G)):
+            a = tl.load(d0 + row_offsets + g * 128, mask=m_rows[:, None], other=0)
+            b = tl.load(p_codes + g * 128, mask=m_cols[None, :], other=0)
+            acc = tl.dot(a, b, out_dtype=tl.int32)
+            level = tl.load(flags + g)
+            if level > 0:
+                full = tl.load(s + row_offsets + g * 128, mask=m_rows[:, None], other=0)
+                t = (full - a.to(tl.int32)) >> 7
+                digit1 = ((t + 64) & 127) - 64
+                acc += tl.dot(digit1.to(tl.int8), b, out_dtype=tl.int32) * 128
+                if level > 1:
+                    digit2 = (t - digit1) >> 7
+                    acc += tl.dot(digit2.to(tl.int8), b, out_dtype=tl.int32) * 16384
+            sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
+            out_tile += acc.to(tl.float32) * sigma[None, :]
+        if HAS_ELL:
+            # ELL pieces, one column slot w at a time for the BN output rows: s[rows, j_n] gathered from sᵀ
+            # (contiguous over rows), times r_n (exact int32), times σ[n, j_n // 128]; accumulated as [BN, BM].
+            w_start = split * ell_per_split
+            w_end = tl.minimum(w_start + ell_per_split, W)
+            ell_tile = tl.zeros([BN, BM], dtype=tl.float32)
+            for w in range(w_start, w_end):
+                j = tl.load(ell_cols + cols.to(tl.int64) * W + w, mask=m_cols, other=0).to(tl.int32)
+                r = tl.load(ell_residual + cols.to(tl.int64) * W + w, mask=m_cols, other=0).to(tl.int32)
+                sigma = tl.load(scales + cols * G + j // 128, mask=m_cols, other=0.0)
+                spikes = tl.load(s_t + j.to(tl.int64)[:, None] * M + rows[None, :],
+                                 mask=m_cols[:, None] & m_rows[None, :], other=0)  # [BN, BM]
+                ell_tile += (spikes * r[:, None]).to(tl.float32) * sigma[:, None]
+            out_tile += tl.trans(ell_tile)
+        mask = m_rows[:, None] & m_cols[None, :]
+        offsets = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        if SPLIT:
+            tl.store(out + split.to(tl.int64) * M * N + offsets, out_tile, mask=mask)
+        else:
+            out_tile = tl.load(vth + rows, mask=m_rows, other=0.0)[:, None] * out_tile
+            if HAS_BIAS:
+                out_tile += tl.load(bias + cols, mask=m_cols, other=0.0).to(tl.float32)[None, :]
+            tl.store(out + offsets, out_tile, mask=mask)
+
+    return w8aspike_dot_kernel
 
 
 @functools.cache
