@@ -7,9 +7,10 @@
 #   dense      the same on the dense peer (Qwen2-7B shapes), up to 128K
 #   swa        the same on the sliding-window peer (window 4096 on every layer), up to 1M
 #   w8aspike   W8ASpike GEMM micro-benchmark against bf16, then serving.py on SpikingBrain-7B W8ASpike
+#   capacity [MODEL]  64 requests of 32K at once in an 8 GiB KV cache: the peak that run together
 #   tp1, tp2   (nvidia-h200-x2) the TP=2 GPU test with tp2; TTFT at 128K and 512K, decode at 128K, TP=1 or TP=2
 set -uo pipefail
-step="${1:?usage: benchmarks/gpu_session.sh tests|debug|ours|dense|swa|w8aspike|tp1|tp2}"
+step="${1:?usage: benchmarks/gpu_session.sh tests|debug|ours|dense|swa|w8aspike|capacity|tp1|tp2}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHINFER_SAMPLER=0
@@ -38,6 +39,8 @@ case "$step" in
     timeout 120 python3 benchmarks/w8aspike_gemm.py --out "$out" > "$out/w8aspike_gemm.log" 2>&1
     tail -30 "$out/w8aspike_gemm.log"
     serving spikingbrain-w8aspike 440 --lengths 4096 32768 131072 --decode-only 1024 --concurrency ;;
+  capacity) serving "${2:-spikingbrain}" 580 --lengths 4096 --decode-only --concurrency \
+    --kv-cache-memory-gib 8 --probe 32768 64 ;;
   tp1) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency ;;
   tp2)
     timeout 200 python3 -m pytest -q -m gpu tests/model/test_tensor_parallel.py -p no:cacheprovider -W ignore \

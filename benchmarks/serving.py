@@ -8,7 +8,9 @@ torch.compile on), prefix caching off, the same memory and batching limits for e
   - per prompt length, one streamed request of a text prompt (`length` words, one token each): time to
     first token and batch-1 decode tokens/s over `--decode-tokens` tokens, from vLLM's own /metrics
     histograms (the client's time to first token, HTTP included, is kept beside it);
-  - `vllm bench serve` (random dataset, 8K in / 256 out) at each `--concurrency`.
+  - `vllm bench serve` (random dataset, 8K in / 256 out) at each `--concurrency`;
+  - `--probe LENGTH REQUESTS` (with `--kv-cache-memory-gib` for the same budget in every model): all
+    requests at once, and the peak of vLLM's running-request gauge, i.e. how many fit at the same time.
 Models: spikingbrain (ours), spikingbrain-w8aspike (ours, `--quantization w8aspike`), dense-peer (Qwen2-7B
 shapes), swa-peer (the same with a 4096-token window on every layer). Writes serving_<model>.json under --out.
 
@@ -145,12 +147,35 @@ ENGINE_TIMINGS = {  # Prometheus histograms whose sums, taken around one request
 }
 
 
-def engine_timings(url: str) -> dict[str, float]:
+def read_metrics(url: str, metrics: dict[str, str]) -> dict[str, float]:
+    """{key: value summed over label sets} of the Prometheus `metrics` {key: name} at /metrics."""
     import requests
 
     text = requests.get(f"{url}/metrics", timeout=30).text
     return {key: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(metric + "{"))
-            for key, metric in ENGINE_TIMINGS.items()}
+            for key, metric in metrics.items()}
+
+
+def engine_timings(url: str) -> dict[str, float]:
+    return read_metrics(url, ENGINE_TIMINGS)
+
+
+def peak_running(client, url: str, name: str, prompts: list[str], max_tokens: int) -> dict:
+    """Send all prompts at once and sample vLLM's running-request gauge until they finish: how many requests
+    of this length the KV cache actually holds at the same time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gauge = {"running": "vllm:num_requests_running"}
+    began, peak = time.perf_counter(), 0.0
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        futures = [pool.submit(client.completions.create, model=name, prompt=p, max_tokens=max_tokens,
+                               temperature=0.0, extra_body={"ignore_eos": True}) for p in prompts]
+        while not all(f.done() for f in futures):
+            peak = max(peak, read_metrics(url, gauge)["running"])
+            time.sleep(0.25)
+    failed = [f.exception() for f in futures if f.exception() is not None]
+    return {"requests": len(prompts), "peak_running": peak, "failed": len(failed),
+            "first_error": str(failed[0])[:300] if failed else None, "seconds": time.perf_counter() - began}
 
 
 def streamed_request(client, url: str, name: str, prompt: str, decode_tokens: int) -> dict:
@@ -226,6 +251,9 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--kv-cache-memory-gib", type=float, help="fixed KV-cache budget (instead of utilization)")
+    parser.add_argument("--probe", type=int, nargs=2, metavar=("LENGTH", "REQUESTS"),
+                        help="send REQUESTS prompts of LENGTH tokens at once; record the peak running")
     parser.add_argument("--warm-restart", action="store_true", help="start the engine a second time (warm start)")
     parser.add_argument("--port", type=int, default=8021)
     parser.add_argument("--start-timeout", type=float, default=420)
@@ -234,7 +262,8 @@ def main() -> None:
 
     shape = SHAPES[args.shape]
     lengths = sorted(set(args.lengths) | set(args.decode_only))
-    max_len = max(lengths + [args.bench_input_len + args.bench_output_len]) + args.decode_tokens + 16
+    probe_length = [args.probe[0]] if args.probe else []
+    max_len = max(lengths + probe_length + [args.bench_input_len + args.bench_output_len]) + args.decode_tokens + 16
     work = Path(tempfile.mkdtemp(prefix=f"{args.model}-"))
     write_model(work / "model", args.model, shape, max_len)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -251,6 +280,8 @@ def main() -> None:
         serve_args += ["--quantization", "w8aspike"]
     if args.tensor_parallel_size > 1:
         serve_args += ["--tensor-parallel-size", str(args.tensor_parallel_size)]
+    if args.kv_cache_memory_gib:
+        serve_args += ["--kv-cache-memory-bytes", str(int(args.kv_cache_memory_gib * 2**30))]
     report = {
         "benchmark": __doc__.split("\n")[0], "model": args.model, "shape": args.shape,
         "command": " ".join(["python", *sys.argv]), "serve_args": serve_args[1:], **versions(),
@@ -284,6 +315,11 @@ def main() -> None:
             print(f"[{args.model}] {json.dumps(row)}", flush=True)
             rows.append(row)
             save(per_length=rows)
+        if args.probe:
+            length, count = args.probe
+            prompts = [random_prompt(length, shape["vocab_size"], 10**6 + i) for i in range(count)]
+            save(probe={"prompt_tokens": length} | peak_running(client, server.url, args.model, prompts, 16))
+            print(f"[{args.model}] probe {json.dumps(report['probe'])}", flush=True)
         sweeps = []
         for concurrency in args.concurrency:
             sweeps.append(bench_serve(server, args.model, work / "model", concurrency, args.bench_input_len,
