@@ -1,0 +1,93 @@
+"""Every Triton kernel of the GPU paths compiles for an H100 (sm_90) here, without a GPU.
+
+The GPU entry points run on CPU tensors with launches recorded instead of run; each recorded launch is then
+compiled to a cubin by Triton's own compiler. This catches what the interpreter (TRITON_INTERPRET=1) cannot:
+code that Triton cannot lower for the GPU. Results are checked elsewhere (interpreter and GPU tests).
+"""
+
+import inspect
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.jit import KernelInterface  # noqa: E402
+
+from tests.ops.test_w8aspike_ops import make_weight  # noqa: E402
+from vllm_neuronchip.ops.gla import fla  # noqa: E402
+from vllm_neuronchip.ops.w8aspike import triton_kernels  # noqa: E402
+
+H100 = GPUTarget("cuda", 90, 32)
+POINTER_TYPES = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.int32: "*i32", torch.int16: "*i16",
+                 torch.int8: "*i8", torch.int64: "*i64", torch.bool: "*i1"}
+LAUNCH_OPTIONS = ("num_warps", "num_stages")
+
+
+def recorded_launches(monkeypatch, run) -> list[tuple]:
+    """(kernel, args, kwargs) of every `kernel[grid](...)` that `run()` makes, none of them executed."""
+    launches = []
+    monkeypatch.setattr(KernelInterface, "__getitem__",
+                        lambda kernel, grid: lambda *args, **kwargs: launches.append((kernel, args, kwargs)))
+    run()
+    monkeypatch.undo()
+    assert launches, "nothing was launched"
+    return launches
+
+
+def argument_type(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return POINTER_TYPES[value.dtype]
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -(2**31) <= value < 2**31 else "i64"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"no Triton type for {value!r}")
+
+
+def compile_for_h100(kernel, args, kwargs) -> None:
+    parameters = inspect.signature(kernel.fn).parameters
+    values = dict(zip(parameters, args)) | {k: v for k, v in kwargs.items() if k not in LAUNCH_OPTIONS}
+    signature, constexprs = {}, {}
+    for name, parameter in parameters.items():
+        if "constexpr" in str(parameter.annotation):
+            signature[name], constexprs[name] = "constexpr", values[name]
+        else:
+            signature[name] = argument_type(values[name])
+    options = {k: v for k, v in kwargs.items() if k in LAUNCH_OPTIONS}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs), target=H100,
+                              options=options)
+    assert compiled.asm["cubin"], kernel.fn.__name__
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gla_decode_kernel_compiles(monkeypatch, dtype):
+    N, H, Hkv, K = 4, 28, 4, 128
+    q, k, v, g = (torch.zeros(N, h, K, dtype=dtype) for h in (H, Hkv, Hkv, Hkv))
+    state = torch.zeros(6, Hkv, K, K)
+    slots, warm = torch.zeros(N, dtype=torch.int32), torch.ones(N, dtype=torch.bool)
+    for launch in recorded_launches(monkeypatch, lambda: fla.gla_decode(
+            q, k, v, g, state=state, state_indices=slots, has_initial_state=warm, scale=0.1)):
+        compile_for_h100(*launch)
+
+
+@pytest.mark.parametrize("M", [1, 16, 64])
+@pytest.mark.parametrize("N,K,overflow,with_bias", [(512, 3584, "1%", True), (4608, 3584, "none", False)])
+def test_w8aspike_kernels_compile(monkeypatch, M, N, K, overflow, with_bias):
+    weight, scales, bias = make_weight(N, K, overflow=overflow)
+    x = torch.randn(M, K).bfloat16()
+
+    def linear():
+        s, vth = triton_kernels.spike_quantize(x, 3.0)
+        triton_kernels.w8aspike_matmul(torch.zeros(M, K, dtype=torch.int32), torch.ones(M, 1), weight, scales,
+                                       bias if with_bias else None)
+
+    kernels = set()
+    for launch in recorded_launches(monkeypatch, linear):
+        compile_for_h100(*launch)
+        kernels.add(launch[0].fn.__name__)
+    assert "spike_quantize_kernel" in kernels and len(kernels) >= 2, kernels
