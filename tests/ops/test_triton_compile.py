@@ -12,13 +12,13 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-from triton.runtime.jit import KernelInterface  # noqa: E402
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.jit import KernelInterface
 
-from tests.ops.test_w8aspike_ops import make_weight  # noqa: E402
-from vllm_neuronchip.ops.gla import fla  # noqa: E402
-from vllm_neuronchip.ops.w8aspike import triton_kernels  # noqa: E402
+from tests.ops.test_w8aspike_ops import make_weight
+from vllm_neuronchip.ops.gla import fla
+from vllm_neuronchip.ops.w8aspike import triton_kernels
 
 H100 = GPUTarget("cuda", 90, 32)
 POINTER_TYPES = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.int32: "*i32", torch.int16: "*i16",
@@ -82,7 +82,7 @@ def test_w8aspike_kernels_compile(monkeypatch, M, N, K, overflow, with_bias):
     x = torch.randn(M, K).bfloat16()
 
     def linear():
-        s, vth = triton_kernels.spike_quantize(x, 3.0)
+        triton_kernels.spike_quantize(x, 3.0)
         triton_kernels.w8aspike_matmul(torch.zeros(M, K, dtype=torch.int32), torch.ones(M, 1), weight, scales,
                                        bias if with_bias else None)
 
