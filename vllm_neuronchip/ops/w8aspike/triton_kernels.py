@@ -161,11 +161,7 @@ def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None)
                 for pps in (1.0, 2.0):
                     plans.append(make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=num_warps,
                                            num_stages=num_stages, programs_per_sm=pps))
-    unique = []
-    for plan in plans:
-        if plan not in unique:
-            unique.append(plan)
-    return unique
+    return list(dict.fromkeys(plans))  # without repeats, in order
 
 
 def _next_power_of_2(n: int) -> int:
@@ -208,12 +204,12 @@ def w8aspike_matmul(
     s, vth = s.contiguous(), vth.contiguous()
     codes, sigma = weight.codes.contiguous(), scales.reshape(N, G).contiguous()
     ell_cols, ell_residual = weight.ell_cols.contiguous(), weight.ell_residual.contiguous()
-    bias = bias.contiguous() if bias is not None else None
+    bias_or_y = bias.contiguous() if bias is not None else y  # any valid pointer when there is no bias
     common = {"K": K, "G": G, "HAS_BIAS": bias is not None, "HAS_ELL": W > 0, "SPLIT": plan.splits > 1,
               "BM": plan.bm, "BN": plan.bn, "num_warps": plan.num_warps, "num_stages": plan.num_stages}
     if plan.kind == "gemv":
         _gemv_kernel()[(triton.cdiv(N, plan.bn), plan.splits)](
-            s, codes, sigma, vth, bias if bias is not None else y, ell_cols, ell_residual, out,
+            s, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, out,
             M, N, W, plan.groups_per_split, plan.ell_per_split,
             GB=plan.gb, WB=plan.ell_block, FP32=plan.fp32_products, **common,
         )
@@ -223,12 +219,12 @@ def w8aspike_matmul(
         flags = torch.zeros(G, dtype=torch.int32, device=s.device)
         _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, d0, s_t, flags, M, K=K, PM=PREP_ROWS, WRITE_T=W > 0)
         _dot_kernel()[(triton.cdiv(M, plan.bm), triton.cdiv(N, plan.bn), plan.splits)](
-            s, d0, s_t, flags, codes, sigma, vth, bias if bias is not None else y, ell_cols, ell_residual, out,
+            s, d0, s_t, flags, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, out,
             M, N, W, plan.groups_per_split, plan.ell_per_split, **common,
         )
     if plan.splits > 1:
         _reduce_kernel()[(M, triton.cdiv(N, REDUCE_BLOCK))](
-            out, vth, bias if bias is not None else y, y, M, N, plan.splits,
+            out, vth, bias_or_y, y, M, N, plan.splits,
             HAS_BIAS=bias is not None, BLOCK=REDUCE_BLOCK,
         )
     return y
@@ -295,10 +291,40 @@ def _quantize_kernel():
     return spike_quantize_kernel
 
 
+store_tile = None
+"""The GEMMs' shared epilogue, a Triton function that `_define_store_tile` puts here (triton is imported lazily;
+the kernels reach it as a module global, which both Triton's compiler and its interpreter resolve)."""
+
+
+@functools.cache
+def _define_store_tile() -> None:
+    global store_tile
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def epilogue(out_tile, out, vth, bias, rows, cols, split, M, N, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
+        # A split's fp32 partial [S, M, N] as it is, or (one split) y = vth · tile + b.
+        m_rows, m_cols = rows < M, cols < N
+        mask = m_rows[:, None] & m_cols[None, :]
+        offsets = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        if SPLIT:
+            tl.store(out + split.to(tl.int64) * M * N + offsets, out_tile, mask=mask)
+        else:
+            out_tile = tl.load(vth + rows, mask=m_rows, other=0.0)[:, None] * out_tile
+            if HAS_BIAS:
+                out_tile += tl.load(bias + cols, mask=m_cols, other=0.0).to(tl.float32)[None, :]
+            tl.store(out + offsets, out_tile, mask=mask)
+
+    store_tile = epilogue
+
+
 @functools.cache
 def _gemv_kernel():
     import triton
     import triton.language as tl
+
+    _define_store_tile()
 
     @triton.jit
     def w8aspike_gemv_kernel(
@@ -353,16 +379,7 @@ def _gemv_kernel():
                     spikes = tl.load(s + m * K + j, mask=m_ell & (j * 0 + m < M), other=0)  # [BN, WB] int32
                     contrib = tl.sum((spikes * r).to(tl.float32) * sigma, axis=1)
                     out_tile = tl.where(rows[:, None] == m, out_tile + contrib[None, :], out_tile)
-        m_rows = rows < M
-        mask = m_rows[:, None] & m_cols[None, :]
-        offsets = rows.to(tl.int64)[:, None] * N + cols[None, :]
-        if SPLIT:
-            tl.store(out + split.to(tl.int64) * M * N + offsets, out_tile, mask=mask)
-        else:
-            out_tile = tl.load(vth + rows, mask=m_rows, other=0.0)[:, None] * out_tile
-            if HAS_BIAS:
-                out_tile += tl.load(bias + cols, mask=m_cols, other=0.0).to(tl.float32)[None, :]
-            tl.store(out + offsets, out_tile, mask=mask)
+        store_tile(out_tile, out, vth, bias, rows, cols, split, M, N, SPLIT, HAS_BIAS)
 
     return w8aspike_gemv_kernel
 
@@ -401,6 +418,8 @@ def _prep_kernel():
 def _dot_kernel():
     import triton
     import triton.language as tl
+
+    _define_store_tile()
 
     @triton.jit
     def w8aspike_dot_kernel(
@@ -451,15 +470,7 @@ def _dot_kernel():
                                  mask=m_cols[:, None] & m_rows[None, :], other=0)  # [BN, BM]
                 ell_tile += (spikes * r[:, None]).to(tl.float32) * sigma[:, None]
             out_tile += tl.trans(ell_tile)
-        mask = m_rows[:, None] & m_cols[None, :]
-        offsets = rows.to(tl.int64)[:, None] * N + cols[None, :]
-        if SPLIT:
-            tl.store(out + split.to(tl.int64) * M * N + offsets, out_tile, mask=mask)
-        else:
-            out_tile = tl.load(vth + rows, mask=m_rows, other=0.0)[:, None] * out_tile
-            if HAS_BIAS:
-                out_tile += tl.load(bias + cols, mask=m_cols, other=0.0).to(tl.float32)[None, :]
-            tl.store(out + offsets, out_tile, mask=mask)
+        store_tile(out_tile, out, vth, bias, rows, cols, split, M, N, SPLIT, HAS_BIAS)
 
     return w8aspike_dot_kernel
 
