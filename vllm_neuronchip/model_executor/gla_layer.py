@@ -132,31 +132,31 @@ class GatedLinearAttention(nn.Module, MambaBase):
         q, k, v, g = hidden_states[:num_tokens].split([heads * d, kv_heads * d, kv_heads * d, kv_heads * d], dim=-1)
         q = q.view(num_tokens, heads, d)
         k, v, g = (t.view(num_tokens, kv_heads, d) for t in (k, v, g))
-        output[:num_tokens] = self._recurrence(q, k, v, g, metadata)
+        self._recurrence(q, k, v, g, metadata, output)
         output[num_tokens:].zero_()  # CUDA-graph padding rows
 
-    def _recurrence(self, q, k, v, g, metadata: LinearAttentionMetadata) -> torch.Tensor:
-        """Decodes first (one token each), then prefills, as vLLM orders the batch."""
+    def _recurrence(self, q, k, v, g, metadata: LinearAttentionMetadata, output: torch.Tensor) -> None:
+        """Decodes first (one token each), then prefills, as vLLM orders the batch; each part written to its
+        rows of `output`."""
         state = self.kv_cache[0]
         slots = metadata.state_indices_tensor
         num_decodes, num_decode_tokens = metadata.num_decodes, metadata.num_decode_tokens
-        parts = []
         if num_decodes:
             # A brand-new 1-token prompt is scheduled as a decode: its slot holds a stale state.
             continuing = metadata.seq_lens[:num_decodes] > 1
-            parts.append(gla_decode(
-                q[:num_decode_tokens], k[:num_decode_tokens], v[:num_decode_tokens], g[:num_decode_tokens],
+            decodes = slice(None, num_decode_tokens)
+            output[decodes] = gla_decode(
+                q[decodes], k[decodes], v[decodes], g[decodes],
                 state=state, state_indices=slots[:num_decodes], has_initial_state=continuing, scale=self.scale,
-            ))
+            )
         if metadata.num_prefills:
             requests = slice(num_decodes, num_decodes + metadata.num_prefills)
             cu_seqlens = metadata.query_start_loc[num_decodes:] - num_decode_tokens
             query_lens = cu_seqlens[1:] - cu_seqlens[:-1]
             has_context = metadata.seq_lens[requests] > query_lens
-            tokens = slice(num_decode_tokens, None)
-            parts.append(gla_varlen(
+            tokens = slice(num_decode_tokens, num_decode_tokens + metadata.num_prefill_tokens)
+            output[tokens] = gla_varlen(
                 q[tokens], k[tokens], v[tokens], g[tokens],
                 state=state, state_indices=slots[requests], cu_seqlens=cu_seqlens,
                 has_initial_state=has_context, scale=self.scale,
-            ))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+            )
