@@ -29,7 +29,7 @@ for p, o in zip(prompts, out):
 alone = [generate(llm, [random_prompt(n, seed=1000 + n)])[0] for n in (1, 40, 1)]
 for n, o in zip((1, 40, 1), alone):
     assert_matches_reference(o, random_prompt(n, seed=1000 + n), tensors, spec.config())
-print("TOKENS MATCH")
+print("MATCHES THE REFERENCE")
 '''
 
 OPS = r'''
@@ -47,12 +47,14 @@ for lens in ([64], [1, 5, 31, 27], [33, 31], [1], [100, 200]):
     o = gla.gla_varlen(q, k, v, g, state=state, state_indices=slots, cu_seqlens=cu, has_initial_state=warm, scale=0.125)
     torch.cuda.synchronize()
     o_ref = gla.naive_gla_varlen(q.cpu(), k.cpu(), v.cpu(), g.cpu(), state=torch.zeros(10, Hkv, K, K), state_indices=slots.cpu(), cu_seqlens=cu.cpu(), has_initial_state=warm.cpu(), scale=0.125)
-    print(lens, "varlen max err", (o.cpu() - o_ref).abs().max().item(), flush=True)
+    error = (o.cpu() - o_ref).abs().max().item()
+    print(lens, "varlen max err", error, flush=True)
+    assert error <= 2e-3 * o_ref.abs().max().item(), "fla varlen differs from the naive recurrence"  # tf32 dots
     n = len(lens)
     od = gla.gla_decode(q[:n], k[:n], v[:n], g[:n], state=state, state_indices=slots, has_initial_state=~warm, scale=0.125)
     torch.cuda.synchronize()
     print(lens, "decode ok", flush=True)
-print("TOKENS MATCH")
+print("MATCHES THE REFERENCE")
 '''
 
 VARIANTS = [
@@ -80,7 +82,7 @@ def main():
             out = (timeout.stdout or b"").decode(errors="replace") + (timeout.stderr or b"").decode(errors="replace")
             print(f"=== {name}: TIMEOUT after {TIMEOUT_S} s\n" + out[-3000:], flush=True)
             continue
-        ok = r.returncode == 0 and "TOKENS MATCH" in r.stdout
+        ok = r.returncode == 0 and "MATCHES THE REFERENCE" in r.stdout
         print(f"=== {name}: {'PASS' if ok else f'FAIL rc={r.returncode}'} ({time.time() - t:.0f} s)", flush=True)
         if not ok:
             lines = [l for l in (r.stdout + r.stderr).splitlines() if l.strip()]

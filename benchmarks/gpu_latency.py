@@ -17,31 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-SEVEN_B = dict(
-    vocab_size=152064, hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-    intermediate_size=18944, rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=False, torch_dtype="bfloat16",
+from serving import (  # the same model configs as the serving benchmark
+    SHAPES,
+    model_config,
 )
-
-
-def model_config(name: str, max_len: int) -> dict:
-    """config.json of the model under test; every size is the 7B's."""
-    if name == "spikingbrain":
-        from vllm_neuronchip.model_executor.config import GLAswaConfig
-
-        # GLA has no positions and SWA's RoPE only relates positions inside the window: the table just
-        # has to cover the longest prompt (the released config says 131072).
-        config = GLAswaConfig(max_position_embeddings=max(131072, max_len)).to_diff_dict()
-        for key in ("dtype", "head_dim", "layer_types", "transformers_version"):
-            config.pop(key, None)
-        return config | {"architectures": ["GLAswaForCausalLM"], "torch_dtype": "bfloat16"}
-    qwen2 = SEVEN_B | {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
-        "max_position_embeddings": max(max_len, 32768), "use_sliding_window": False, "sliding_window": 4096,
-        "max_window_layers": 28,
-    }
-    if name == "swa-peer":
-        qwen2 |= {"use_sliding_window": True, "max_window_layers": 0}
-    return qwen2
 
 
 def timed_generate(llm, prompt_len: int, max_tokens: int, seed: int) -> float:
@@ -70,7 +49,7 @@ def main() -> None:
 
     max_len = max(args.lengths) + args.decode_tokens + 16
     model_dir = Path(tempfile.mkdtemp(prefix=f"{args.model}-"))
-    (model_dir / "config.json").write_text(json.dumps(model_config(args.model, max_len)))
+    (model_dir / "config.json").write_text(json.dumps(model_config(args.model, SHAPES["7b"], max_len)))
     start = time.perf_counter()
     llm = LLM(
         model=str(model_dir), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",

@@ -156,10 +156,6 @@ def read_metrics(url: str, metrics: dict[str, str]) -> dict[str, float]:
             for key, metric in metrics.items()}
 
 
-def engine_timings(url: str) -> dict[str, float]:
-    return read_metrics(url, ENGINE_TIMINGS)
-
-
 def peak_running(client, url: str, name: str, prompts: list[str], max_tokens: int) -> dict:
     """Send all prompts at once and sample vLLM's running-request gauge until they finish: how many requests
     of this length the KV cache actually holds at the same time."""
@@ -182,7 +178,7 @@ def streamed_request(client, url: str, name: str, prompt: str, decode_tokens: in
     """One streamed completion of a text prompt. Client side: time to the first streamed token. vLLM side
     (its /metrics histograms, read before and after): time to first token, prefill time, and decode
     tokens/s = (generated - 1) / decode time, free of HTTP and streaming effects."""
-    before = engine_timings(url)
+    before = read_metrics(url, ENGINE_TIMINGS)
     began = time.perf_counter()
     stream = client.completions.create(
         model=name, prompt=prompt, max_tokens=decode_tokens + 1, temperature=0.0, stream=True,
@@ -193,7 +189,7 @@ def streamed_request(client, url: str, name: str, prompt: str, decode_tokens: in
         if chunk.choices and first is None:
             first = time.perf_counter()
         usage = chunk.usage or usage
-    after = engine_timings(url)
+    after = read_metrics(url, ENGINE_TIMINGS)
     engine = {key: after[key] - before[key] for key in ENGINE_TIMINGS}
     row = {"prompt_tokens": usage.prompt_tokens, "generated_tokens": usage.completion_tokens,
            "client_ttft_s": first - began, "ttft_s": engine["ttft_s"], "prefill_s": engine["prefill_s"]}

@@ -127,22 +127,18 @@ def sweep(args, device):
         N, K = SHAPES[name]
         exact, scales, bias = synthetic_layer(N, K, device, seed=0)
         weight = WeightCodes.from_exact(exact)
-        w_bf16 = (exact.view(N, K // 128, 128) * scales[..., None]).view(N, K).bfloat16()
+        w_bf16 = bf16_weight(exact, scales)
         bias_bf16 = bias.bfloat16() if bias is not None else None
         del exact
         W = weight.ell_cols.shape[1]
-        copies = max(1, min(40, math.ceil(COPY_BYTES / (w_bf16.nbytes / 2))))
-        w_copies = [weight] + [WeightCodes(*(t.clone() for t in (weight.codes, weight.ell_cols, weight.ell_residual)))
-                               for _ in range(copies - 1)]
-        s_copies = [scales] + [scales.clone() for _ in range(copies - 1)]
-        b_copies = [w_bf16] + [w_bf16.clone() for _ in range(copies - 1)]
+        copies = copy_count(w_bf16)
+        w_copies, s_copies, b_copies = (copies_of(v, copies) for v in (weight, scales, w_bf16))
         for M in args.m:
             calls = args.sweep_calls if M <= 256 else 2
             replays = args.sweep_replays if M <= 256 else 5
             x = torch.randn(M, K, device=device, generator=torch.Generator(device).manual_seed(M)).bfloat16()
             s, vth = triton_kernels.spike_quantize(x, K_SPIKE)
             y_ref = naive_reference(s, vth, weight, scales, bias)
-            tolerance = 1e-5 * y_ref.abs().max().item()
             bf16_s = timed(partial(bf16_linear, x, b_copies, bias_bf16), calls, replays)
             default = triton_kernels.gemm_plan(M, N, K // 128, W, sm_count)
             plans = triton_kernels.candidate_plans(M, N, K // 128, W, sm_count)[: args.max_plans]
@@ -150,10 +146,8 @@ def sweep(args, device):
             for plan in plans:
                 began = time.perf_counter()
                 try:
-                    y = triton_kernels.w8aspike_matmul(s, vth, weight, scales, bias, plan=plan)
-                    error = (y - y_ref).abs().max().item()
-                    if not error <= tolerance:
-                        raise AssertionError(f"max error {error:.3g} > {tolerance:.3g} against the naive reference")
+                    check_close(triton_kernels.w8aspike_matmul(s, vth, weight, scales, bias, plan=plan), y_ref,
+                                f"{name} M={M}")
                     seconds = timed(partial(plan_linear, x, w_copies, s_copies, bias, plan), calls, replays)
                 except Exception as e:  # noqa: BLE001 -- a plan that fails to compile (shared memory) or is wrong: recorded, the sweep goes on
                     print(f"  {name} M={M} {plan}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
@@ -178,6 +172,59 @@ def sweep(args, device):
     return rows
 
 
+def compare(args, device):
+    """Per shape and M: bf16 against ours with and without the overflow, the default plans; result rows."""
+    import torch
+
+    from vllm_neuronchip.ops.w8aspike import triton_kernels
+    from vllm_neuronchip.quantization.weight_codes import WeightCodes
+
+    rows = []
+    for name in args.shapes:
+        N, K = SHAPES[name]
+        exact, scales, bias = synthetic_layer(N, K, device, seed=0)
+        layers = {"overflow": WeightCodes.from_exact(exact), "no_overflow": WeightCodes.from_exact(exact.clamp(-127, 127))}
+        w_bf16 = bf16_weight(exact, scales)
+        bias_bf16 = bias.bfloat16() if bias is not None else None
+        del exact
+        full = layers["overflow"]
+        overflow_fraction = (full.ell_residual != 0).sum().item() / full.codes.numel()
+        for M in (1, 16, 64):  # correctness first (GEMV and dot paths), fail loudly
+            x = torch.randn(M, K, device=device).bfloat16()
+            for weight in layers.values():
+                check_against_naive(x, weight, scales, bias)
+        bytes_bf16 = w_bf16.nbytes
+        copies = copy_count(w_bf16)
+        w_copies, s_copies = copies_of(w_bf16, copies), copies_of(scales, copies)
+        layers = {label: copies_of(weight, copies) for label, weight in layers.items()}
+        for M in args.m:
+            calls = 40 if M <= 256 else 2
+            replays = args.replays if M <= 256 else 10
+            x = torch.randn(M, K, device=device, generator=torch.Generator(device).manual_seed(M)).bfloat16()
+            row = {"shape": name, "M": M, "N": N, "K": K, "copies": copies, "calls_per_graph": calls,
+                   "replays": replays, "overflow_fraction": overflow_fraction, "ell_width": full.ell_cols.shape[1]}
+            row["bf16_s"] = timed(partial(bf16_linear, x, w_copies, bias_bf16), calls, replays)
+            row["bf16_weight_GBps"] = bytes_bf16 / row["bf16_s"] / 1e9
+            for label, weights in layers.items():
+                w0 = weights[0]
+                ours_bytes = w0.codes.nbytes + w0.ell_cols.nbytes + w0.ell_residual.nbytes + scales.nbytes
+                row[f"{label}_s"] = timed(partial(our_linear, x, weights, s_copies, bias), calls, replays)
+                row[f"{label}_weight_bytes"] = ours_bytes
+                row[f"{label}_weight_GBps"] = ours_bytes / row[f"{label}_s"] / 1e9
+                row[f"{label}_speedup_vs_bf16"] = row["bf16_s"] / row[f"{label}_s"]
+            plan = triton_kernels.gemm_plan(M, N, K // 128, full.ell_cols.shape[1],
+                                            triton_kernels._sm_count(device))
+            row["plan"] = dataclasses.asdict(plan)
+            rows.append(row)
+            print(f"{name:13s} M={M:5d}  bf16 {row['bf16_s'] * 1e6:9.1f} us  ours {row['overflow_s'] * 1e6:9.1f} us "
+                  f"(x{row['overflow_speedup_vs_bf16']:.2f}, {row['overflow_weight_GBps']:6.0f} GB/s)  "
+                  f"no overflow {row['no_overflow_s'] * 1e6:9.1f} us (x{row['no_overflow_speedup_vs_bf16']:.2f})  "
+                  f"{plan.kind} S={plan.splits}", flush=True)
+        del w_bf16, w_copies, layers, s_copies, full, weight, w0, weights
+        torch.cuda.empty_cache()
+    return rows
+
+
 def check_against_naive(x, weight, scales, bias):
     """Our linear (spike counts and output) against round(x / vth) and the naive exact group sums."""
     import torch
@@ -189,11 +236,38 @@ def check_against_naive(x, weight, scales, bias):
     if not torch.equal(s, s_ref) or not torch.equal(s, torch.round(x.float() / vth).to(torch.int32)):
         raise AssertionError("spike counts differ from round(x / vth)")
     y_ref = naive_reference(s, vth, weight, scales, bias)  # exact integers in fp64
+    return check_close(y, y_ref, f"w8aspike GEMM {tuple(s.shape)} x {tuple(weight.codes.shape)}")
+
+
+def bf16_weight(exact, scales):
+    """The dequantized weight the bf16 baseline multiplies: codes · σ per 128-group."""
+    N, K = exact.shape
+    return (exact.view(N, K // 128, 128) * scales[..., None]).view(N, K).bfloat16()
+
+
+def copy_count(w_bf16) -> int:
+    """Weight copies a timed graph cycles through, so that the int8 codes alone exceed `COPY_BYTES`."""
+    return max(1, min(40, math.ceil(COPY_BYTES / (w_bf16.nbytes / 2))))
+
+
+def copies_of(value, copies: int) -> list:
+    """`value` (a tensor or WeightCodes) and copies - 1 clones of it."""
+    from vllm_neuronchip.quantization.weight_codes import WeightCodes
+
+    def clone(v):
+        if isinstance(v, WeightCodes):
+            return WeightCodes(*(t.clone() for t in (v.codes, v.ell_cols, v.ell_residual)))
+        return v.clone()
+
+    return [value] + [clone(value) for _ in range(copies - 1)]
+
+
+def check_close(y, y_ref, what: str) -> float:
+    """Raise unless y is within 1e-5 of the largest |y_ref| (fp32 rounding of the combine); the relative error."""
     error = (y - y_ref).abs().max().item()
     tolerance = 1e-5 * y_ref.abs().max().item()
     if not error <= tolerance:
-        raise AssertionError(f"w8aspike GEMM {tuple(s.shape)} x {tuple(weight.codes.shape)}: max error {error:.3g} "
-                             f"> {tolerance:.3g} against the naive reference")
+        raise AssertionError(f"{what}: max error {error:.3g} > {tolerance:.3g} against the naive reference")
     return error / max(y_ref.abs().max().item(), 1e-30)
 
 
@@ -214,62 +288,12 @@ def main():
     import triton
 
     from vllm_neuronchip.ops.w8aspike import triton_kernels
-    from vllm_neuronchip.quantization.weight_codes import WeightCodes
 
     if not torch.cuda.is_available():
         sys.exit("w8aspike_gemm needs a CUDA GPU")
     device = torch.device(DEVICE)
     began = time.perf_counter()
-    results = []
-    if args.sweep:
-        results = sweep(args, device)
-        args.shapes = []
-    for name in args.shapes:
-        N, K = SHAPES[name]
-        exact, scales, bias = synthetic_layer(N, K, device, seed=0)
-        layers = {"overflow": WeightCodes.from_exact(exact), "no_overflow": WeightCodes.from_exact(exact.clamp(-127, 127))}
-        w_bf16 = (exact.view(N, K // 128, 128) * scales[..., None]).view(N, K).bfloat16()
-        bias_bf16 = bias.bfloat16() if bias is not None else None
-        del exact
-        full = layers["overflow"]
-        overflow_fraction = (full.ell_residual != 0).sum().item() / full.codes.numel()
-        for M in (1, 16, 64):  # correctness first (GEMV and dot paths), fail loudly
-            x = torch.randn(M, K, device=device).bfloat16()
-            for weight in layers.values():
-                check_against_naive(x, weight, scales, bias)
-        bytes_bf16 = w_bf16.nbytes
-        copies = max(1, min(40, math.ceil(COPY_BYTES / (bytes_bf16 / 2))))
-        w_copies = [w_bf16] + [w_bf16.clone() for _ in range(copies - 1)]
-        for label, weight in layers.items():
-            layers[label] = [weight] + [WeightCodes(*(t.clone() for t in (weight.codes, weight.ell_cols,
-                                                                          weight.ell_residual)))
-                                        for _ in range(copies - 1)]
-        s_copies = [scales] + [scales.clone() for _ in range(copies - 1)]
-        for M in args.m:
-            calls = 40 if M <= 256 else 2
-            replays = args.replays if M <= 256 else 10
-            x = torch.randn(M, K, device=device, generator=torch.Generator(device).manual_seed(M)).bfloat16()
-            row = {"shape": name, "M": M, "N": N, "K": K, "copies": copies, "calls_per_graph": calls,
-                   "replays": replays, "overflow_fraction": overflow_fraction, "ell_width": full.ell_cols.shape[1]}
-            row["bf16_s"] = timed(partial(bf16_linear, x, w_copies, bias_bf16), calls, replays)
-            row["bf16_weight_GBps"] = bytes_bf16 / row["bf16_s"] / 1e9
-            for label, copies_of in layers.items():
-                w0 = copies_of[0]
-                ours_bytes = w0.codes.nbytes + w0.ell_cols.nbytes + w0.ell_residual.nbytes + scales.nbytes
-                row[f"{label}_s"] = timed(partial(our_linear, x, copies_of, s_copies, bias), calls, replays)
-                row[f"{label}_weight_bytes"] = ours_bytes
-                row[f"{label}_weight_GBps"] = ours_bytes / row[f"{label}_s"] / 1e9
-                row[f"{label}_speedup_vs_bf16"] = row["bf16_s"] / row[f"{label}_s"]
-            plan = triton_kernels.gemm_plan(M, N, K // 128, full.ell_cols.shape[1],
-                                            triton_kernels._sm_count(device))
-            row["plan"] = dataclasses.asdict(plan)
-            results.append(row)
-            print(f"{name:13s} M={M:5d}  bf16 {row['bf16_s'] * 1e6:9.1f} us  ours {row['overflow_s'] * 1e6:9.1f} us "
-                  f"(x{row['overflow_speedup_vs_bf16']:.2f}, {row['overflow_weight_GBps']:6.0f} GB/s)  "
-                  f"no overflow {row['no_overflow_s'] * 1e6:9.1f} us (x{row['no_overflow_speedup_vs_bf16']:.2f})  "
-                  f"{plan.kind} S={plan.splits}", flush=True)
-        del w_bf16, w_copies, layers, s_copies, full, weight, w0, copies_of
-        torch.cuda.empty_cache()
+    results = sweep(args, device) if args.sweep else compare(args, device)
     report = {
         "device": torch.cuda.get_device_name(device),
         "sm_count": triton_kernels._sm_count(device),
