@@ -1,7 +1,7 @@
 """GPU debugging aid: the tiny fp32 model against the reference under variants, each in its own process
 (eager, in-process engine); prints PASS/FAIL and the error lines. Variants are picked by substring:
 
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 python benchmarks/gpu_debug_tiny.py "as-test" "TMA off" "V1 runner"
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 python benchmarks/gpu_debug_tiny.py "ops alone" "as-test" "V1 runner"
 
 Cold Triton caches make the first variant slow (fla compiles its autotuned kernels: minutes)."""
 import json
@@ -60,11 +60,20 @@ print("MATCHES THE REFERENCE")
 VARIANTS = [
     ("gla ops alone, tiny shapes fp32 blocking", None, None, {"CUDA_LAUNCH_BLOCKING": "1"}),
     ("as-test eager fp32 V2 blocking", {}, {"kv_cache_memory_bytes": 256 << 20}, {"CUDA_LAUNCH_BLOCKING": "1"}),
-    ("TMA off", {}, {"kv_cache_memory_bytes": 256 << 20}, {"FLA_NO_USE_TMA": "1", "CUDA_LAUNCH_BLOCKING": "1"}),
     ("no prefix caching", {}, {"kv_cache_memory_bytes": 256 << 20, "enable_prefix_caching": False}, {}),
     ("V1 runner", {}, {"kv_cache_memory_bytes": 256 << 20}, {"VLLM_USE_V2_MODEL_RUNNER": "0"}),
     ("bf16 (crash check; tokens may differ)", {}, {"kv_cache_memory_bytes": 256 << 20, "dtype": "bfloat16"}, {}),
     ("head_dim 128", {"hidden_size": 256}, {"kv_cache_memory_bytes": 256 << 20}, {}),
+    ("graphs as-test", {}, {"kv_cache_memory_bytes": 256 << 20, "enforce_eager": False}, {}),
+    ("graphs blocking", {}, {"kv_cache_memory_bytes": 256 << 20, "enforce_eager": False}, {"CUDA_LAUNCH_BLOCKING": "1"}),
+    ("graphs no prefix caching", {}, {"kv_cache_memory_bytes": 256 << 20, "enforce_eager": False,
+                                      "enable_prefix_caching": False}, {}),
+    ("graphs piecewise", {}, {"kv_cache_memory_bytes": 256 << 20, "enforce_eager": False,
+                              "compilation_config": {"cudagraph_mode": "PIECEWISE"}}, {}),
+    ("graphs V1 runner", {}, {"kv_cache_memory_bytes": 256 << 20, "enforce_eager": False},
+     {"VLLM_USE_V2_MODEL_RUNNER": "0"}),
+    ("graphs FLEX_ATTENTION", {}, {"kv_cache_memory_bytes": 256 << 20, "enforce_eager": False,
+                                   "attention_backend": "FLEX_ATTENTION"}, {}),
     ("FLEX_ATTENTION", {}, {"kv_cache_memory_bytes": 256 << 20, "attention_backend": "FLEX_ATTENTION"}, {}),
 ]
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One step of a GPU session on the device host, after ../shared/gpu staging (see ../shared/gpu/README.md).
 # Each step fits one device call (<= 10 minutes) and writes logs and JSON under $OUT:
+#   tune       benchmarks/tune_fla.py: fla's GLA kernels autotuned vs pinned; later steps pin the winners
 #   tests      GPU tests (GLA ops, W8ASpike ops, the tiny model at fp32 eager and with CUDA graphs)
-#   debug      benchmarks/gpu_debug_tiny.py: the tiny fp32 model under variants (TMA off, V1 runner, ...)
+#   debug      benchmarks/gpu_debug_tiny.py: the tiny fp32 model under variants (GLA ops alone, as the test, V1 runner)
 #   ours       benchmarks/serving.py on SpikingBrain-7B bf16: cold start, TTFT and decode 1K-1M
 #   ours-bench the same engine again (warm start twice), vllm bench serve at concurrency 1-256
 #   dense      the same on the dense peer (Qwen2-7B shapes), up to 128K
@@ -10,14 +11,18 @@
 #   w8aspike   W8ASpike GEMM plan sweep against bf16 (decode sizes, one shape)
 #   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike
 #   capacity [MODEL]  64 requests of 32K at once in an 8 GiB KV cache: the peak that run together
-#   tp1, tp2   (nvidia-h200-x2) the TP=2 GPU test with tp2; TTFT at 128K and 512K, decode at 128K, TP=1 or TP=2
+#   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
+#   tp1, tp2   TTFT at 128K and 512K, decode after each, TP=1 (run with CUDA_VISIBLE_DEVICES=0) or TP=2
+# Two steps can share a call on a 2-GPU host: install once, then INSTALLED=1 CUDA_VISIBLE_DEVICES=N for each.
 set -uo pipefail
-step="${1:?usage: benchmarks/gpu_session.sh tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-serve|capacity|tp1|tp2}"
+step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-serve|capacity|tp1|tp2-test|tp2}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHINFER_SAMPLER=0
 [ -f /var/tmp/gpu-site/.ready ] || { echo "no staged GPU site: stage ../shared/gpu first"; exit 3; }
-python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
+[ -n "${INSTALLED:-}" ] || python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
+tuned=/var/tmp/fla_configs.json  # written by the tune step on this host: pinned by every later step
+[ -f "$tuned" ] && export NEURONCHIP_FLA_CONFIGS="$tuned"
 
 summary() { grep -E "^(FAILED|ERROR)|passed|failed|^\[|Error" "$1" | tail -25; }
 serving() {  # model, timeout, serving.py arguments
@@ -33,8 +38,11 @@ case "$step" in
       > "$out/gpu_model_tests.log" 2>&1; summary "$out/gpu_model_tests.log"
     timeout 300 python3 -m pytest -q -m gpu tests/ops -k "not every_candidate" -p no:cacheprovider -W ignore \
       > "$out/gpu_ops_tests.log" 2>&1; summary "$out/gpu_ops_tests.log" ;;
-  debug)
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout 560 python3 benchmarks/gpu_debug_tiny.py "as-test" "TMA off" "V1 runner" \
+  tune)
+    timeout 300 python3 benchmarks/tune_fla.py --out "$out" > "$out/tune_fla.log" 2>&1 && cp "$out/fla_configs.json" "$tuned"
+    tail -30 "$out/tune_fla.log" ;;
+  debug)  # LIMIT: seconds for all variants
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout "${LIMIT:-560}" python3 benchmarks/gpu_debug_tiny.py "ops alone" "as-test" "V1 runner" \
       > "$out/gpu_debug_tiny.log" 2>&1; cat "$out/gpu_debug_tiny.log" | tail -80 ;;
   ours) serving spikingbrain 580 "${long[@]}" --concurrency ;;  # a cold start of ours alone takes ~5 min
   ours-bench) serving spikingbrain 580 --lengths 1024 --decode-only --warm-restart ;;
@@ -48,9 +56,9 @@ case "$step" in
   capacity) serving "${2:-spikingbrain}" 580 --lengths 4096 --decode-only --concurrency \
     --kv-cache-memory-gib 8 --probe 32768 64 ;;
   tp1) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency ;;
-  tp2)
-    timeout 200 python3 -m pytest -q -m gpu tests/model/test_tensor_parallel.py -p no:cacheprovider -W ignore \
-      > "$out/gpu_tp2_test.log" 2>&1; summary "$out/gpu_tp2_test.log"
-    serving spikingbrain 380 --lengths 131072 524288 --decode-only --concurrency --tensor-parallel-size 2 ;;
+  tp2-test)  # the tiny checkpoint at TP=2 against the reference; cold workers: give it minutes
+    timeout 450 python3 -m pytest -q -m gpu tests/model/test_tensor_parallel.py -p no:cacheprovider -W ignore \
+      > "$out/gpu_tp2_test.log" 2>&1; summary "$out/gpu_tp2_test.log" ;;
+  tp2) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency --tensor-parallel-size 2 ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac

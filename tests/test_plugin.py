@@ -48,3 +48,26 @@ def test_tensor_parallel_sizes_that_divide_kv_heads_are_accepted(tp):
 def test_other_tensor_parallel_sizes_are_refused_clearly(tp):
     with pytest.raises(ValueError, match=rf"tensor_parallel_size={tp} does not divide .* 4 KV heads"):
         check_tensor_parallel_size(num_heads=28, num_kv_heads=4, tp_size=tp)
+
+
+@pytest.mark.parametrize(
+    "dtype,on_cpu,preset,expected",
+    [("float32", False, None, "ieee"), ("float32", False, "tf32", "tf32"), ("bfloat16", False, None, None),
+     ("float32", True, None, None)],
+)
+def test_float32_models_get_full_precision_triton_dots_on_gpus(monkeypatch, dtype, on_cpu, preset, expected):
+    import os
+    import types
+
+    import torch
+    from vllm.platforms import current_platform
+
+    from vllm_neuronchip.model_executor import engine_config
+
+    monkeypatch.delenv("TRITON_F32_DEFAULT", raising=False)
+    if preset:
+        monkeypatch.setenv("TRITON_F32_DEFAULT", preset)
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: on_cpu)
+    config = types.SimpleNamespace(model_config=types.SimpleNamespace(dtype=getattr(torch, dtype)))
+    engine_config._full_precision_float32_dots(config)
+    assert os.environ.get("TRITON_F32_DEFAULT") == expected

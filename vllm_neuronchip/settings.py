@@ -27,6 +27,14 @@ class NeuronChipSettings(BaseSettings):
         description="How W8ASpike linears run: dequantized float GEMM (reference), exact grouped integer "
         "accumulation (integer), or spike trains through the spike backend (spike).",
     )
+    fla_autotune: bool = Field(
+        False, description="Let fla autotune its GLA prefill kernels (minutes of Triton compiling on a cold "
+        "start) instead of using the configs pinned for this GPU model in ops/gla/fla_configs.json.",
+    )
+    fla_configs: str | None = Field(
+        None, description="A table of pinned fla configs to use instead of ops/gla/fla_configs.json "
+        "(benchmarks/tune_fla.py writes one).",
+    )
     spike_stats: bool = Field(
         True, description="Accumulate per-layer spike statistics of W8ASpike GEMM inputs (spike_recorder.py)."
     )

@@ -24,9 +24,14 @@ def check_tp2_matches_reference(directory, env_overrides: dict[str, str]) -> Non
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env |= {"PYTHONPATH": os.pathsep.join([root, env.get("PYTHONPATH", "")])} | env_overrides
-    run = subprocess.run(
-        [sys.executable, __file__, str(directory)], env=env, capture_output=True, text=True, timeout=600
-    )
+    try:
+        run = subprocess.run(
+            [sys.executable, __file__, str(directory)], env=env, capture_output=True, text=True, timeout=400
+        )
+    except subprocess.TimeoutExpired as timeout:
+        parts = (timeout.stdout or "", timeout.stderr or "")  # str with text=True; bytes on some Pythons
+        output = "".join(p if isinstance(p, str) else p.decode(errors="replace") for p in parts)
+        pytest.fail(f"TP=2 engine did not finish in {timeout.timeout} s:\n{output[-4000:]}")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(next(line for line in run.stdout.splitlines() if line.startswith(RESULT))[len(RESULT):])
     for n, (tokens, logprobs) in zip(PROMPT_LENGTHS, results):

@@ -37,6 +37,7 @@ class GLAswaEngineConfig:
             vllm_config.parallel_config.tensor_parallel_size,
         )
         _default_cpu_kv_cache(vllm_config)
+        _full_precision_float32_dots(vllm_config)
 
     @staticmethod
     def verify_and_update_model_config(model_config) -> None:
@@ -95,6 +96,19 @@ def _default_cpu_kv_cache(vllm_config) -> None:
     gib = get_settings().cpu_kv_cache_gib
     cache_config.kv_cache_memory_bytes = int(gib * (1 << 30))
     logger.info("KV cache on CPU set to %.1f GiB (NEURONCHIP_CPU_KV_CACHE_GIB).", gib)
+
+
+def _full_precision_float32_dots(vllm_config) -> None:
+    """A float32 model computes in float32: Triton's dot products (fla's GLA chunks, vLLM's Triton attention)
+    otherwise round float32 inputs to TF32 on GPUs, ~1e-3 relative error. Set before workers start, so they
+    inherit it; TRITON_F32_DEFAULT=tf32 in the environment keeps the faster TF32 dots."""
+    import torch
+    from vllm.platforms import current_platform
+
+    if vllm_config.model_config.dtype != torch.float32 or current_platform.is_cpu():
+        return
+    if os.environ.setdefault("TRITON_F32_DEFAULT", "ieee") == "ieee":
+        logger.info("float32 model: Triton dot products in full float32 (TRITON_F32_DEFAULT=ieee).")
 
 
 def register_engine_config_hook() -> None:

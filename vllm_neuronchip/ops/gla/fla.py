@@ -2,15 +2,18 @@
 fla and triton are imported on first use, so this module imports on machines without them."""
 
 import functools
+from pathlib import Path
 
 import torch
+from vllm.logger import init_logger
+
+logger = init_logger("vllm.neuronchip.fla")
 
 
 def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_state, scale):
     """All prefills of a step in one fla launch. fla's GLA has no GQA, so k/v/g and the initial states are
     repeated over the G query heads of each KV head, and the G identical final states are stored once."""
-    from fla.ops.gla import chunk_gla
-
+    chunk_gla = _chunk_gla()
     G = q.shape[1] // k.shape[1]
     slots = state_indices.long()
     initial_state = torch.where(has_initial_state[:, None, None, None], state[slots], 0.0)
@@ -40,6 +43,22 @@ def gla_decode(q, k, v, g, *, state, state_indices, has_initial_state, scale):
         HKV=Hkv, G=H // Hkv, K=K, V=V, BK=triton.next_power_of_2(K), BV=BV,
     )
     return o
+
+
+@functools.cache
+def _chunk_gla():
+    """fla's chunk_gla, its autotuners pinned to this GPU's configs (fla_configs.py) unless settings say autotune."""
+    from fla.ops.gla import chunk_gla
+
+    from vllm_neuronchip.ops.gla import fla_configs
+    from vllm_neuronchip.settings import get_settings
+
+    settings = get_settings()
+    if not settings.fla_autotune:
+        table = Path(settings.fla_configs) if settings.fla_configs else fla_configs.TABLE
+        pinned = fla_configs.pin(torch.cuda.get_device_name(), table)
+        logger.info("fla GLA kernels: %d autotuned kernels pinned from %s", len(pinned), table)
+    return chunk_gla
 
 
 @functools.cache
