@@ -13,7 +13,8 @@
 #   capacity [MODEL]  64 requests of 32K at once in an 8 GiB KV cache: the peak that run together
 #   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
 #   tp1, tp2   TTFT at 128K and 512K, decode after each, TP=1 (run with CUDA_VISIBLE_DEVICES=0) or TP=2
-# Two steps can share a call on a 2-GPU host: install once, then INSTALLED=1 CUDA_VISIBLE_DEVICES=N for each.
+# Two steps can share a call on a 2-GPU host: install once, then INSTALLED=1 CUDA_VISIBLE_DEVICES=N for each
+# (and PORT=N for the second of two serving steps).
 set -uo pipefail
 step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-serve|capacity|tp1|tp2-test|tp2}"
 out="${OUT:-/tmp/out}"
@@ -27,7 +28,8 @@ tuned=/var/tmp/fla_configs.json  # written by the tune step on this host: pinned
 summary() { grep -E "^(FAILED|ERROR)|passed|failed|^\[|Error" "$1" | tail -25; }
 serving() {  # model, timeout, serving.py arguments
   local model="$1" limit="$2"; shift 2
-  timeout "$limit" python3 benchmarks/serving.py --model "$model" --out "$out" "$@" > "$out/run_$model.log" 2>&1
+  timeout "$limit" python3 benchmarks/serving.py --model "$model" --out "$out" --port "${PORT:-8021}" "$@" \
+    > "$out/run_$model.log" 2>&1
   summary "$out/run_$model.log"
 }
 long=(--lengths 4096 32768 131072 524288 1048576 --decode-only 1024)

@@ -37,9 +37,13 @@ QUANTIZE_BLOCK = 2048
 GEMV_MAX_M = 16
 """Rows of s up to which `gemm_plan` picks the tensor-core-free GEMV path."""
 
-GEMV_TILES = ((16, 4), (16, 2), (16, 1), (8, 1))
-"""(BN, GB) the default GEMV plan tries in order: 16 output rows x 512 codes (8192 int8, 64 a thread at 4 warps)
-per step where N allows, then fewer groups per step and narrower tiles so that small N still fills the GPU."""
+GEMV_TILES = ((32, 1), (16, 1), (8, 1))
+"""(BN, GB) the default GEMV plan tries in order: 32 output rows x 128 codes (4096 int8, 32 a thread at 4 warps)
+per step where N allows, then narrower tiles so that small N still fills the GPU. Picked by the H200 sweep
+(benchmarks/results/gpu/h200/w8aspike_sweep_qkv_proj.json): on qkv_proj BN 32 GB 1 at 4 programs per SM was
+best at M = 16 (68.9 us against 111.3 for the former BN 16 GB 4 at 2 per SM) and near-best at M = 1 (17.2 us
+against 19.1; best 15.5)."""
+GEMV_PROGRAMS_PER_SM = 4.0
 
 PREP_ROWS = 32
 """Rows of s per program of the dot path's prep kernel (one 128-group per program)."""
@@ -119,9 +123,7 @@ def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> Ge
     """The default plan: deterministic arithmetic on the shapes (no autotuning at run time, no host sync).
 
     M <= 16, the GEMV path: the first (BN, GB) of `GEMV_TILES` whose tiles x steps reach 2 · SMs programs,
-    then split-K to 2 · SMs programs; 4 warps, 2 stages, int32 products. The 7B on 132 SMs: qkv (N 4608,
-    K 3584) BN 16 GB 4 S 1, o (N 3584) S 3, gk (N 512) BN 16 GB 2 S 14, gate_up (N 37888) S 1, down (K 18944)
-    S 3.
+    then split-K to `GEMV_PROGRAMS_PER_SM` · SMs programs; 4 warps, 2 stages, int32 products.
     M > 16, the int8 tensor-core path: BM 64 (M <= 64) or 128, BN 128 (64 for N <= 1024), 8 warps, 3 stages,
     split-K to one program per SM."""
     sm_count = DEFAULT_SM_COUNT if sm_count is None else sm_count
@@ -129,7 +131,8 @@ def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> Ge
         for bn, gb in GEMV_TILES:
             if -(-N // bn) * -(-G // gb) >= 2 * sm_count:
                 break
-        return make_plan("gemv", M, N, G, W, sm_count, bn=bn, gb=gb, num_warps=4, num_stages=2)
+        return make_plan("gemv", M, N, G, W, sm_count, bn=bn, gb=gb, num_warps=4, num_stages=2,
+                         programs_per_sm=GEMV_PROGRAMS_PER_SM)
     bm = 64 if M <= 64 else 128
     bn = 64 if N <= 1024 else 128
     return make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=8 if bm * bn >= 8192 else 4,
