@@ -20,6 +20,7 @@ from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 import vllm.model_executor.layers.mamba.linear.minimax_linear_attn  # noqa: F401
 
 from vllm_neuronchip.model_executor.config import GLAswaConfig
+from vllm_neuronchip.model_executor.gla_backend import GLABackend
 from vllm_neuronchip.ops.gla import gla_decode, gla_varlen
 
 
@@ -89,6 +90,9 @@ class GatedLinearAttention(nn.Module, MambaBase):
     @property
     def mamba_type(self) -> MambaAttentionBackendEnum:
         return MambaAttentionBackendEnum.LINEAR
+
+    def get_attn_backend(self) -> type[GLABackend]:
+        return GLABackend
 
     def get_state_shape(self) -> tuple[tuple[int, int, int]]:
         return (self.state_shape,)

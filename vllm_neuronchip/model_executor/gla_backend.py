@@ -1,0 +1,47 @@
+"""vLLM's linear-attention backend for the GLA layers, with decode slots kept in one persistent buffer.
+
+A FULL CUDA graph replays the addresses it captured. vLLM's `LinearAttentionMetadataBuilder` gathers each
+request's state slot from the block table into a new tensor on every step when prefix caching is on ('align'
+mode), so a replayed decode graph read slots from freed memory (an illegal-address fault on an H200; without
+prefix caching the slots are a view of the persistent block table and it worked). vLLM's Mamba builders copy
+decode slots into a persistent buffer; this builder does the same, and marks padded rows (seq_len 0) with
+PAD_SLOT_ID, which the decode kernel skips.
+"""
+
+import torch
+from vllm.v1.attention.backends.linear_attn import (
+    LinearAttentionBackend,
+    LinearAttentionMetadata,
+    LinearAttentionMetadataBuilder,
+)
+from vllm.v1.attention.backends.utils import PAD_SLOT_ID
+
+
+def persistent_decode_slots(buffer: torch.Tensor, slots: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
+    """Copy a decode batch's slots into the head of `buffer`, padded rows (seq_len 0) as PAD_SLOT_ID; returns
+    the view of `buffer` to hand to the kernels."""
+    rows = buffer[: slots.shape[0]]
+    rows.copy_(torch.where(seq_lens[: slots.shape[0]] > 0, slots, PAD_SLOT_ID), non_blocking=True)
+    return rows
+
+
+class GLAMetadataBuilder(LinearAttentionMetadataBuilder):
+    def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        rows = max(vllm_config.scheduler_config.max_num_seqs,
+                   vllm_config.compilation_config.max_cudagraph_capture_size or 0)
+        self.decode_slots = torch.full((rows,), PAD_SLOT_ID, dtype=torch.int32, device=device)
+
+    def build(self, common_prefix_len, common_attn_metadata, fast_build: bool = False) -> LinearAttentionMetadata:
+        metadata = super().build(common_prefix_len, common_attn_metadata, fast_build)
+        if metadata.num_prefills == 0 and metadata.state_indices_tensor.shape[0] <= self.decode_slots.shape[0]:
+            metadata.state_indices_tensor = persistent_decode_slots(
+                self.decode_slots, metadata.state_indices_tensor, metadata.seq_lens
+            )
+        return metadata
+
+
+class GLABackend(LinearAttentionBackend):
+    @staticmethod
+    def get_builder_cls() -> type[GLAMetadataBuilder]:
+        return GLAMetadataBuilder
