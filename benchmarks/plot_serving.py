@@ -1,8 +1,9 @@
 """Plots and a markdown table from the serving_<model>.json files that benchmarks/serving.py wrote.
 
     python benchmarks/plot_serving.py benchmarks/results/gpu
-writes serving_latency.png (TTFT and batch-1 decode against prompt length) and serving_bench.png
-(`vllm bench serve` throughput and TPOT against concurrency) into the same folder, and prints the table.
+writes serving_latency.png (TTFT and batch-1 decode against prompt length) and, where there are
+`vllm bench serve` runs, serving_bench.png (throughput and TPOT against concurrency) into the same folder,
+and prints the table. Each serving_*.json is one curve (model, and TP size when above 1).
 """
 
 import argparse
@@ -13,12 +14,20 @@ LABELS = {"spikingbrain": "SpikingBrain-7B (bf16)", "spikingbrain-w8aspike": "Sp
           "dense-peer": "dense peer (Qwen2-7B)", "swa-peer": "sliding-window peer (4096)"}
 
 
+def label(report: dict) -> str:
+    """The model's name, with its tensor-parallel size when above 1."""
+    args = report.get("serve_args", [])
+    tp = int(args[args.index("--tensor-parallel-size") + 1]) if "--tensor-parallel-size" in args else 1
+    return LABELS[report["model"]] + (f", TP={tp}" if tp > 1 else "")
+
+
 def load(folder: Path) -> dict[str, dict]:
+    """Every serving_*.json of the folder (one per model and TP size), keyed by its label."""
     reports = {}
-    for model in LABELS:
-        path = folder / f"serving_{model}.json"
-        if path.exists():
-            reports[model] = json.loads(path.read_text())
+    for path in sorted(folder.glob("serving_*.json")):
+        report = json.loads(path.read_text())
+        if report.get("model") in LABELS:
+            reports[label(report)] = report
     if not reports:
         raise SystemExit(f"no serving_<model>.json in {folder}")
     return reports
@@ -38,8 +47,8 @@ def plot(reports: dict[str, dict], folder: Path) -> None:
     device = next(iter(reports.values()))["device"]
     fig, (ttft, decode) = plt.subplots(1, 2, figsize=(12, 4.5))
     for model, report in reports.items():
-        ttft.plot(*measured(report, "ttft_s"), marker="o", label=LABELS[model])
-        decode.plot(*measured(report, "decode_tokens_per_s"), marker="o", label=LABELS[model])
+        ttft.plot(*measured(report, "ttft_s"), marker="o", label=model)
+        decode.plot(*measured(report, "decode_tokens_per_s"), marker="o", label=model)
     for axis, title, unit in ((ttft, "time to first token", "s"), (decode, "decode at batch 1", "tokens/s")):
         axis.set(xscale="log", xlabel="prompt tokens", ylabel=unit, title=title)
         axis.grid(alpha=0.3)
@@ -50,13 +59,15 @@ def plot(reports: dict[str, dict], folder: Path) -> None:
     fig.tight_layout()
     fig.savefig(folder / "serving_latency.png", dpi=120)
 
+    if not any(report.get("bench_serve") for report in reports.values()):
+        return
     fig, (throughput, tpot) = plt.subplots(1, 2, figsize=(12, 4.5))
     for model, report in reports.items():
         sweep = report.get("bench_serve", [])
         if sweep:
             c = [s["concurrency"] for s in sweep]
-            throughput.plot(c, [s["output_throughput"] for s in sweep], marker="o", label=LABELS[model])
-            tpot.plot(c, [s["median_tpot_ms"] for s in sweep], marker="o", label=LABELS[model])
+            throughput.plot(c, [s["output_throughput"] for s in sweep], marker="o", label=model)
+            tpot.plot(c, [s["median_tpot_ms"] for s in sweep], marker="o", label=model)
     for axis, title, unit in ((throughput, "output throughput", "tokens/s"), (tpot, "median TPOT", "ms")):
         axis.set(xscale="log", xlabel="concurrency", ylabel=unit, title=title)
         axis.grid(alpha=0.3)
@@ -80,7 +91,7 @@ def table(reports: dict[str, dict]) -> str:
                 f"{r['ttft_s']:.3f} / {r.get('decode_tokens_per_s', float('nan')):.1f}" if r else "-"))
         warm = rep.get("engine_warm_start_s")
         start = f"{rep.get('engine_start_s', float('nan')):.0f} / {warm:.0f}" if warm else f"{rep.get('engine_start_s', 0):.0f} / -"
-        lines.append(f"| {LABELS[model]} | {start} | {rep.get('kv_cache_tokens') or 0:,.0f} | "
+        lines.append(f"| {model} | {start} | {rep.get('kv_cache_tokens') or 0:,.0f} | "
                      f"{rep.get('max_concurrency_at_max_model_len') or 0:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
