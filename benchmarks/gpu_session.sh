@@ -11,12 +11,11 @@
 #   w8aspike   W8ASpike GEMM plan sweep against bf16 (decode sizes, one shape)
 #   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike
 #   capacity [MODEL]  64 requests of 32K at once in an 8 GiB KV cache: the peak that run together
+#   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1
 #   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
 #   tp1, tp2   TTFT at 128K and 512K, decode after each, TP=1 (run with CUDA_VISIBLE_DEVICES=0) or TP=2
-# Two steps can share a call on a 2-GPU host: install once, then INSTALLED=1 CUDA_VISIBLE_DEVICES=N for each
-# (and PORT=N for the second of two serving steps).
 set -uo pipefail
-step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-serve|capacity|tp1|tp2-test|tp2}"
+step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-serve|capacity|tp1|tp2-test|tp2|pair A B}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHINFER_SAMPLER=0
@@ -35,6 +34,10 @@ serving() {  # model, timeout, serving.py arguments
 long=(--lengths 4096 32768 131072 524288 1048576 --decode-only 1024)
 
 case "$step" in
+  pair)  # pair STEP0 STEP1: the two steps at once, one per GPU of a two-GPU host (serving on ports 8021, 8022)
+    INSTALLED=1 CUDA_VISIBLE_DEVICES=0 bash "$0" "${2:?pair STEP0 STEP1}" & first=$!
+    INSTALLED=1 CUDA_VISIBLE_DEVICES=1 PORT=8022 bash "$0" "${3:?pair STEP0 STEP1}"
+    wait "$first" ;;
   tests)  # the model first; every sweep candidate is checked by the w8aspike step's --sweep instead
     timeout 250 python3 -m pytest -q -m gpu tests/gpu tests/model -p no:cacheprovider -W ignore \
       > "$out/gpu_model_tests.log" 2>&1; summary "$out/gpu_model_tests.log"
