@@ -88,7 +88,7 @@ def main():
             r = subprocess.run([sys.executable, "-c", code, json.dumps(spec_kw), json.dumps(overrides)],
                                env=os.environ | env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired as timeout:
-            out = (timeout.stdout or b"").decode(errors="replace") + (timeout.stderr or b"").decode(errors="replace")
+            out = b"".join((timeout.stdout or b"", timeout.stderr or b"")).decode(errors="replace")
             print(f"=== {name}: TIMEOUT after {TIMEOUT_S} s\n" + out[-3000:], flush=True)
             continue
         ok = r.returncode == 0 and "MATCHES THE REFERENCE" in r.stdout

@@ -48,7 +48,7 @@ case "$step" in
     tail -30 "$out/tune_fla.log" ;;
   debug)  # LIMIT: seconds for all variants
     VLLM_ENABLE_V1_MULTIPROCESSING=0 timeout "${LIMIT:-560}" python3 benchmarks/gpu_debug_tiny.py "ops alone" "as-test" "V1 runner" \
-      > "$out/gpu_debug_tiny.log" 2>&1; cat "$out/gpu_debug_tiny.log" | tail -80 ;;
+      > "$out/gpu_debug_tiny.log" 2>&1; tail -80 "$out/gpu_debug_tiny.log" ;;
   ours) serving spikingbrain 580 "${long[@]}" --concurrency ;;  # a cold start of ours alone takes ~5 min
   ours-bench) serving spikingbrain 580 --lengths 1024 --decode-only --warm-restart ;;
   dense) serving dense-peer 580 --lengths 4096 32768 131072 --decode-only 1024 ;;

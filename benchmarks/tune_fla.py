@@ -75,10 +75,11 @@ def main() -> None:
     from vllm_neuronchip.ops.gla import fla_configs
 
     gpu = torch.cuda.get_device_name()
+    shapes = {k: v for k, v in vars(args).items() if k != "out"}
     work = Path(tempfile.mkdtemp(prefix="tune-fla-"))
     tuned = run_child("autotune", args, work, {"NEURONCHIP_FLA_AUTOTUNE": "1"})
     table = json.loads(fla_configs.TABLE.read_text())
-    table[gpu] = {"triton": triton.__version__, "tuned_at": vars(args) | {"out": None}, "kernels": tuned["winners"]}
+    table[gpu] = {"triton": triton.__version__, "tuned_at": shapes, "kernels": tuned["winners"]}
     (args.out / "fla_configs.json").write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     pinned = run_child("pinned", args, work, {"NEURONCHIP_FLA_CONFIGS": str(args.out / "fla_configs.json")})
 
@@ -87,7 +88,7 @@ def main() -> None:
     error = max((a[n] - b[n]).abs().max().item() for n in a)
     report = {
         "device": gpu, "triton": triton.__version__, "torch": torch.__version__, "command": " ".join(sys.argv),
-        "shapes": {k: v for k, v in vars(args).items() if k != "out"},
+        "shapes": shapes,
         "autotune": {k: tuned[k] for k in ("first_call_s", "steady_call_ms", "candidates")},
         "pinned": {k: pinned[k] for k in ("first_call_s", "steady_call_ms")},
         "outputs_identical": same, "max_abs_difference": error, "winners": tuned["winners"],

@@ -29,8 +29,7 @@ def check_tp2_matches_reference(directory, env_overrides: dict[str, str]) -> Non
             [sys.executable, __file__, str(directory)], env=env, capture_output=True, text=True, timeout=400
         )
     except subprocess.TimeoutExpired as timeout:
-        parts = (timeout.stdout or "", timeout.stderr or "")  # str with text=True; bytes on some Pythons
-        output = "".join(p if isinstance(p, str) else p.decode(errors="replace") for p in parts)
+        output = b"".join((timeout.stdout or b"", timeout.stderr or b"")).decode(errors="replace")  # bytes always
         pytest.fail(f"TP=2 engine did not finish in {timeout.timeout} s:\n{output[-4000:]}")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(next(line for line in run.stdout.splitlines() if line.startswith(RESULT))[len(RESULT):])
