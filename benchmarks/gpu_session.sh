@@ -13,9 +13,10 @@
 #   capacity [MODEL]  64 requests of 32K at once in an 8 GiB KV cache: the peak that run together
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1
 #   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
+#   tp2-tiny   (nvidia-h200-x2) vllm serve of a tiny checkpoint at TP=2 through the OpenAI API
 #   tp1, tp2   TTFT at 128K and 512K, decode after each, TP=1 (run with CUDA_VISIBLE_DEVICES=0) or TP=2
 set -uo pipefail
-step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-serve|capacity|tp1|tp2-test|tp2|pair A B}"
+step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-serve|capacity|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHINFER_SAMPLER=0
@@ -38,11 +39,12 @@ case "$step" in
     INSTALLED=1 CUDA_VISIBLE_DEVICES=0 bash "$0" "${2:?pair STEP0 STEP1}" & first=$!
     INSTALLED=1 CUDA_VISIBLE_DEVICES=1 PORT=8022 bash "$0" "${3:?pair STEP0 STEP1}"
     wait "$first" ;;
-  tests)  # the model first; every sweep candidate is checked by the w8aspike step's --sweep instead
-    timeout 250 python3 -m pytest -q -m gpu tests/gpu tests/model -p no:cacheprovider -W ignore \
-      > "$out/gpu_model_tests.log" 2>&1; summary "$out/gpu_model_tests.log"
-    timeout 300 python3 -m pytest -q -m gpu tests/ops -k "not every_candidate" -p no:cacheprovider -W ignore \
-      > "$out/gpu_ops_tests.log" 2>&1; summary "$out/gpu_ops_tests.log" ;;
+  tests)  # model and ops at once; every sweep candidate is checked by the w8aspike step's --sweep instead
+    timeout 400 python3 -m pytest -q -m gpu tests/gpu tests/model -p no:cacheprovider -W ignore \
+      > "$out/gpu_model_tests.log" 2>&1 &
+    timeout 400 python3 -m pytest -q -m gpu tests/ops -k "not every_candidate" -p no:cacheprovider -W ignore \
+      > "$out/gpu_ops_tests.log" 2>&1
+    wait; summary "$out/gpu_model_tests.log"; summary "$out/gpu_ops_tests.log" ;;
   tune)
     timeout 300 python3 benchmarks/tune_fla.py --out "$out" > "$out/tune_fla.log" 2>&1 && cp "$out/fla_configs.json" "$tuned"
     tail -30 "$out/tune_fla.log" ;;
@@ -61,9 +63,15 @@ case "$step" in
   capacity) serving "${2:-spikingbrain}" 580 --lengths 4096 --decode-only --concurrency \
     --kv-cache-memory-gib 8 --probe 32768 64 ;;
   tp1) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency ;;
-  tp2-test)  # the tiny checkpoint at TP=2 against the reference; cold workers: give it minutes
-    timeout 450 python3 -m pytest -q -m gpu tests/model/test_tensor_parallel.py -p no:cacheprovider -W ignore \
-      > "$out/gpu_tp2_test.log" 2>&1; summary "$out/gpu_tp2_test.log" ;;
+  tp2-test)  # the tiny checkpoint at TP=2 against the reference, eager and CUDA graphs at once; cold workers: minutes
+    for variant in eager cuda-graphs; do
+      timeout 450 python3 -m pytest -q -m gpu tests/model/test_tensor_parallel.py -k "$variant" -p no:cacheprovider \
+        -W ignore > "$out/gpu_tp2_test_$variant.log" 2>&1 &
+    done
+    wait; for variant in eager cuda-graphs; do summary "$out/gpu_tp2_test_$variant.log"; done ;;
+  tp2-tiny)  # vllm serve of a tiny checkpoint at TP=2 (CUDA graphs), a small share of each GPU
+    serving spikingbrain 400 --shape tiny --tensor-parallel-size 2 --gpu-memory-utilization 0.3 --lengths 64 1024 \
+      --decode-only --concurrency 1 8 --bench-input-len 512 --bench-output-len 64 ;;
   tp2) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency --tensor-parallel-size 2 ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac

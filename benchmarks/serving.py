@@ -40,7 +40,7 @@ SHAPES = {
         intermediate_size=18944,
     ),
     "tiny": dict(
-        vocab_size=384, hidden_size=128, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=384, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=256,
     ),
 }
@@ -263,7 +263,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix=f"{args.model}-"))
     write_model(work / "model", args.model, shape, max_len)
     args.out.mkdir(parents=True, exist_ok=True)
-    run_name = args.model + (f"_tp{args.tensor_parallel_size}" if args.tensor_parallel_size > 1 else "")
+    run_name = args.model + (f"_{args.shape}" if args.shape != "7b" else "") + (
+        f"_tp{args.tensor_parallel_size}" if args.tensor_parallel_size > 1 else "")
     log_path = args.out / f"serving_{run_name}.log"
     log_path.write_text("")
     serve_args = [

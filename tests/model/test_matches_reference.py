@@ -28,6 +28,7 @@ def make_llm(directory, **overrides):
         model=str(directory), dtype="float32", enforce_eager=True, max_model_len=512, max_num_seqs=8,
         max_num_batched_tokens=64, enable_prefix_caching=True, kv_cache_memory_bytes=64 << 20,
         disable_log_stats=False, seed=0,
+        gpu_memory_utilization=0.3,  # GPU: room for other engines on the same GPU (the cache size is fixed above)
     )
     return LLM(**(kwargs | overrides))
 

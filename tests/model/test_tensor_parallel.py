@@ -18,7 +18,7 @@ PROMPT_LENGTHS = (1, 7, 40, 150)
 RESULT = "TP2-RESULT "
 
 
-def check_tp2_matches_reference(directory, env_overrides: dict[str, str]) -> None:
+def check_tp2_matches_reference(directory, env_overrides: dict[str, str], enforce_eager: bool = True) -> None:
     tensors = save_checkpoint(directory, TP_SPEC)
     # The multi-process executor TP needs.
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
@@ -26,7 +26,7 @@ def check_tp2_matches_reference(directory, env_overrides: dict[str, str]) -> Non
     env |= {"PYTHONPATH": os.pathsep.join([root, env.get("PYTHONPATH", "")])} | env_overrides
     try:
         run = subprocess.run(
-            [sys.executable, __file__, str(directory)], env=env, capture_output=True, text=True, timeout=400
+            [sys.executable, __file__, str(directory), str(enforce_eager)], env=env, capture_output=True, text=True, timeout=400
         )
     except subprocess.TimeoutExpired as timeout:
         output = b"".join((timeout.stdout or b"", timeout.stderr or b"")).decode(errors="replace")  # bytes always
@@ -45,16 +45,17 @@ def test_tp2_matches_reference(tmp_path):
 
 
 @pytest.mark.gpu
-def test_tp2_on_two_gpus_matches_reference(tmp_path):
+@pytest.mark.parametrize("enforce_eager", [True, False], ids=["eager", "cuda-graphs"])
+def test_tp2_on_two_gpus_matches_reference(tmp_path, enforce_eager):
     import torch
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs")
-    check_tp2_matches_reference(tmp_path, {})
+    check_tp2_matches_reference(tmp_path, {}, enforce_eager)
 
 
-def serve_tp2(directory: str) -> list:
-    llm = make_llm(directory, tensor_parallel_size=2, max_num_seqs=4)
+def serve_tp2(directory: str, enforce_eager: bool) -> list:
+    llm = make_llm(directory, tensor_parallel_size=2, max_num_seqs=4, enforce_eager=enforce_eager)
     outputs = generate(llm, [random_prompt(n, seed=n) for n in PROMPT_LENGTHS], prompt_logprobs=False)
     return [
         (list(o.outputs[0].token_ids), [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)])
@@ -63,4 +64,4 @@ def serve_tp2(directory: str) -> list:
 
 
 if __name__ == "__main__":
-    print(RESULT + json.dumps(serve_tp2(sys.argv[1])), flush=True)
+    print(RESULT + json.dumps(serve_tp2(sys.argv[1], sys.argv[2] == "True")), flush=True)
