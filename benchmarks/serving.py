@@ -97,9 +97,11 @@ def word_tokenizer(vocab_size: int):
 
 
 def write_model(directory: Path, model: str, shape: dict, max_len: int) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(model_config(model, shape, max_len), indent=2))
-    word_tokenizer(shape["vocab_size"]).save_pretrained(directory)
+    """config.json under directory/model, the word tokenizer under directory/tokenizer: kept apart, because
+    beside a config of model_type qwen2, transformers 5 loads it as a Qwen2 BPE tokenizer (empty encodings)."""
+    (directory / "model").mkdir(parents=True, exist_ok=True)
+    (directory / "model" / "config.json").write_text(json.dumps(model_config(model, shape, max_len), indent=2))
+    word_tokenizer(shape["vocab_size"]).save_pretrained(directory / "tokenizer")
 
 
 def parse_kv_capacity(log: str) -> dict:
@@ -261,14 +263,15 @@ def main() -> None:
     probe_length = [args.probe[0]] if args.probe else []
     max_len = max(lengths + probe_length + [args.bench_input_len + args.bench_output_len]) + args.decode_tokens + 16
     work = Path(tempfile.mkdtemp(prefix=f"{args.model}-"))
-    write_model(work / "model", args.model, shape, max_len)
+    write_model(work, args.model, shape, max_len)
     args.out.mkdir(parents=True, exist_ok=True)
     run_name = args.model + (f"_{args.shape}" if args.shape != "7b" else "") + (
         f"_tp{args.tensor_parallel_size}" if args.tensor_parallel_size > 1 else "")
     log_path = args.out / f"serving_{run_name}.log"
     log_path.write_text("")
     serve_args = [
-        str(work / "model"), "--served-model-name", args.model, "--host", "127.0.0.1", "--port", str(args.port),
+        str(work / "model"), "--tokenizer", str(work / "tokenizer"), "--served-model-name", args.model,
+        "--host", "127.0.0.1", "--port", str(args.port),
         "--load-format", "dummy", "--dtype", "bfloat16", "--max-model-len", str(max_len),
         "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--no-enable-prefix-caching",
         "--gpu-memory-utilization", str(args.gpu_memory_utilization),
@@ -319,7 +322,7 @@ def main() -> None:
             print(f"[{args.model}] probe {json.dumps(report['probe'])}", flush=True)
         sweeps = []
         for concurrency in args.concurrency:
-            sweeps.append(bench_serve(server, args.model, work / "model", concurrency, args.bench_input_len,
+            sweeps.append(bench_serve(server, args.model, work / "tokenizer", concurrency, args.bench_input_len,
                                       args.bench_output_len, args.out))
             print(f"[{args.model}] bench serve {json.dumps(sweeps[-1])}", flush=True)
             save(bench_serve=sweeps)
