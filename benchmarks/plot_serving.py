@@ -3,7 +3,7 @@
     python benchmarks/plot_serving.py benchmarks/results/gpu
 writes serving_latency.png (TTFT and batch-1 decode against prompt length) and, where there are
 `vllm bench serve` runs, serving_bench.png (throughput and TPOT against concurrency) into the same folder,
-and prints the table. Each serving_*.json is one curve (model, and TP size when above 1).
+and prints the table. One curve per model (and TP size when above 1); several runs of one model merge.
 """
 
 import argparse
@@ -21,13 +21,23 @@ def label(report: dict) -> str:
     return LABELS[report["model"]] + (f", TP={tp}" if tp > 1 else "")
 
 
+def merge(first: dict, later: dict) -> dict:
+    """Two runs of one model: per-length rows and bench runs of both (the later run's row where both measured
+    a length); every other field from the first run unless only the later one has it (e.g. a warm start)."""
+    rows = {r["prompt_tokens"]: r for r in first.get("per_length", []) + later.get("per_length", [])}
+    return later | first | {"per_length": [rows[n] for n in sorted(rows)],
+                            "bench_serve": first.get("bench_serve", []) + later.get("bench_serve", [])}
+
+
 def load(folder: Path) -> dict[str, dict]:
-    """Every serving_*.json of the folder (one per model and TP size), keyed by its label."""
+    """Every serving_*.json of the folder, keyed by its label; runs of the same model and TP size merge, in
+    file-name order."""
     reports = {}
     for path in sorted(folder.glob("serving_*.json")):
         report = json.loads(path.read_text())
         if report.get("model") in LABELS:
-            reports[label(report)] = report
+            name = label(report)
+            reports[name] = merge(reports[name], report) if name in reports else report
     if not reports:
         raise SystemExit(f"no serving_<model>.json in {folder}")
     return reports
