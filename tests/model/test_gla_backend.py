@@ -20,3 +20,48 @@ def test_gla_layers_use_the_persistent_slot_builder():
 
     assert GatedLinearAttention.get_attn_backend(None) is GLABackend
     assert GLABackend.get_builder_cls() is GLAMetadataBuilder
+
+
+def two_decodes_two_prefills():
+    """Batch of 2 decodes (1 token each) then prefills of 3 tokens (new) and 5 tokens (a later chunk)."""
+    from vllm_neuronchip.model_executor.gla_backend import GLAMetadata
+
+    return GLAMetadata(
+        num_prefills=2, num_prefill_tokens=8, num_decodes=2, num_decode_tokens=2,
+        query_start_loc=torch.tensor([0, 1, 2, 5, 10], dtype=torch.int32),
+        seq_lens=torch.tensor([9, 4, 3, 12], dtype=torch.int32),
+        state_indices_tensor=torch.tensor([3, 1, 7, 2], dtype=torch.int32),
+    )
+
+
+def test_prefill_bounds_start_at_the_first_prefill_token():
+    from vllm_neuronchip.model_executor.gla_backend import prefill_bounds
+
+    cu_seqlens, has_context = prefill_bounds(two_decodes_two_prefills())
+    assert cu_seqlens.dtype == torch.int64 and cu_seqlens.tolist() == [0, 3, 8]
+    assert has_context.tolist() == [False, True]
+
+
+def test_every_gla_layer_of_a_step_hands_fla_the_same_bounds_tensors(monkeypatch):
+    """fla caches its host-synchronising index helpers by tensor identity: the layers must not rebuild them."""
+    from types import SimpleNamespace
+
+    from vllm_neuronchip.model_executor import gla_layer
+    from vllm_neuronchip.model_executor.gla_backend import prefill_bounds
+
+    metadata = two_decodes_two_prefills()
+    metadata.prefill_cu_seqlens, metadata.prefill_has_context = prefill_bounds(metadata)
+    seen = []
+
+    def fake_varlen(q, k, v, g, *, cu_seqlens, has_initial_state, **_):
+        seen.append((cu_seqlens, has_initial_state))
+        return torch.zeros(q.shape)
+
+    monkeypatch.setattr(gla_layer, "gla_varlen", fake_varlen)
+    monkeypatch.setattr(gla_layer, "gla_decode", lambda q, *a, **kw: torch.zeros(q.shape))
+    layer = SimpleNamespace(kv_cache=[torch.zeros(8, 1, 4, 4)], scale=0.5)
+    q, k, v, g = (torch.randn(10, 1, 4) for _ in range(4))
+    for _ in range(3):  # three layers, one step
+        gla_layer.GatedLinearAttention._recurrence(layer, q, k, v, g, metadata, torch.empty(10, 1, 4))
+    assert all(c is metadata.prefill_cu_seqlens and h is metadata.prefill_has_context for c, h in seen)
+    assert len(seen) == 3

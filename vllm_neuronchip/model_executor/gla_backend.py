@@ -1,4 +1,5 @@
-"""vLLM's linear-attention backend for the GLA layers, with decode slots kept in one persistent buffer.
+"""vLLM's linear-attention backend for the GLA layers: decode slots kept in one persistent buffer, and the
+prefill part's sequence bounds built once per step.
 
 A FULL CUDA graph replays the addresses it captured. vLLM's `LinearAttentionMetadataBuilder` gathers each
 request's state slot from the block table into a new tensor on every step when prefix caching is on ('align'
@@ -6,7 +7,13 @@ mode), so a replayed decode graph read slots from freed memory (an illegal-addre
 prefix caching the slots are a view of the persistent block table and it worked). vLLM's Mamba builders copy
 decode slots into a persistent buffer; this builder does the same, and marks padded rows (seq_len 0) with
 PAD_SLOT_ID, which the decode kernel skips.
+
+fla's varlen index helpers read sequence bounds on the host (two syncs per call) and cache their results by
+tensor identity. Every GLA layer of a step shares this builder's metadata, so handing them all the same
+`prefill_cu_seqlens` tensor makes those syncs happen once a step instead of once per layer.
 """
+
+from dataclasses import dataclass, fields
 
 import torch
 from vllm.v1.attention.backends.linear_attn import (
@@ -25,6 +32,22 @@ def persistent_decode_slots(buffer: torch.Tensor, slots: torch.Tensor, seq_lens:
     return rows
 
 
+@dataclass
+class GLAMetadata(LinearAttentionMetadata):
+    prefill_cu_seqlens: torch.Tensor | None = None
+    """int64 [prefills + 1]: token bounds of the prefills, from 0 at the first prefill token."""
+    prefill_has_context: torch.Tensor | None = None
+    """bool [prefills]: the prefill continues a sequence (its slot holds a state), e.g. a later chunk."""
+
+
+def prefill_bounds(metadata: LinearAttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cu_seqlens, has_context) of the prefills, which follow the decodes in vLLM's batch order."""
+    first = metadata.num_decodes
+    cu_seqlens = (metadata.query_start_loc[first:] - metadata.num_decode_tokens).long()
+    has_context = metadata.seq_lens[first : first + metadata.num_prefills] > cu_seqlens[1:] - cu_seqlens[:-1]
+    return cu_seqlens, has_context
+
+
 class GLAMetadataBuilder(LinearAttentionMetadataBuilder):
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
@@ -32,9 +55,12 @@ class GLAMetadataBuilder(LinearAttentionMetadataBuilder):
                    vllm_config.compilation_config.max_cudagraph_capture_size or 0)
         self.decode_slots = torch.full((rows,), PAD_SLOT_ID, dtype=torch.int32, device=device)
 
-    def build(self, common_prefix_len, common_attn_metadata, fast_build: bool = False) -> LinearAttentionMetadata:
-        metadata = super().build(common_prefix_len, common_attn_metadata, fast_build)
-        if metadata.num_prefills == 0 and metadata.state_indices_tensor.shape[0] <= self.decode_slots.shape[0]:
+    def build(self, common_prefix_len, common_attn_metadata, fast_build: bool = False) -> GLAMetadata:
+        base = super().build(common_prefix_len, common_attn_metadata, fast_build)
+        metadata = GLAMetadata(**{field.name: getattr(base, field.name) for field in fields(base)})
+        if metadata.num_prefills:
+            metadata.prefill_cu_seqlens, metadata.prefill_has_context = prefill_bounds(metadata)
+        elif metadata.state_indices_tensor.shape[0] <= self.decode_slots.shape[0]:
             metadata.state_indices_tensor = persistent_decode_slots(
                 self.decode_slots, metadata.state_indices_tensor, metadata.seq_lens
             )

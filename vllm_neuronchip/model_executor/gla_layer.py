@@ -12,7 +12,6 @@ from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_pa
 from vllm.forward_context import get_forward_context
 from vllm.model_executor.layers.linear import QKVParallelLinear, ReplicatedLinear, RowParallelLinear
 from vllm.model_executor.layers.mamba.abstract import MambaBase
-from vllm.v1.attention.backends.linear_attn import LinearAttentionMetadata
 from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 
 # Importing this module registers `torch.ops.vllm.linear_attention`, the opaque op that vLLM
@@ -20,7 +19,7 @@ from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 import vllm.model_executor.layers.mamba.linear.minimax_linear_attn  # noqa: F401
 
 from vllm_neuronchip.model_executor.config import GLAswaConfig
-from vllm_neuronchip.model_executor.gla_backend import GLABackend
+from vllm_neuronchip.model_executor.gla_backend import GLABackend, GLAMetadata
 from vllm_neuronchip.ops.gla import gla_decode, gla_varlen
 
 
@@ -130,7 +129,7 @@ class GatedLinearAttention(nn.Module, MambaBase):
         if metadata is None:  # profiling / dummy run: no state slots assigned
             output.zero_()
             return
-        assert isinstance(metadata, LinearAttentionMetadata)
+        assert isinstance(metadata, GLAMetadata)
         num_tokens = metadata.num_decode_tokens + metadata.num_prefill_tokens
         d, heads, kv_heads = self.head_dim, self.num_heads, self.num_kv_heads
         q, k, v, g = hidden_states[:num_tokens].split([heads * d, kv_heads * d, kv_heads * d, kv_heads * d], dim=-1)
@@ -139,9 +138,9 @@ class GatedLinearAttention(nn.Module, MambaBase):
         self._recurrence(q, k, v, g, metadata, output)
         output[num_tokens:].zero_()  # CUDA-graph padding rows
 
-    def _recurrence(self, q, k, v, g, metadata: LinearAttentionMetadata, output: torch.Tensor) -> None:
+    def _recurrence(self, q, k, v, g, metadata: GLAMetadata, output: torch.Tensor) -> None:
         """Decodes first (one token each), then prefills, as vLLM orders the batch; each part written to its
-        rows of `output`."""
+        rows of `output`. The prefills' bounds are the step's shared tensors (see `gla_backend`)."""
         state = self.kv_cache[0]
         slots = metadata.state_indices_tensor
         num_decodes, num_decode_tokens = metadata.num_decodes, metadata.num_decode_tokens
@@ -155,12 +154,9 @@ class GatedLinearAttention(nn.Module, MambaBase):
             )
         if metadata.num_prefills:
             requests = slice(num_decodes, num_decodes + metadata.num_prefills)
-            cu_seqlens = metadata.query_start_loc[num_decodes:] - num_decode_tokens
-            query_lens = cu_seqlens[1:] - cu_seqlens[:-1]
-            has_context = metadata.seq_lens[requests] > query_lens
             tokens = slice(num_decode_tokens, num_decode_tokens + metadata.num_prefill_tokens)
             output[tokens] = gla_varlen(
                 q[tokens], k[tokens], v[tokens], g[tokens],
-                state=state, state_indices=slots[requests], cu_seqlens=cu_seqlens,
-                has_initial_state=has_context, scale=self.scale,
+                state=state, state_indices=slots[requests], cu_seqlens=metadata.prefill_cu_seqlens,
+                has_initial_state=metadata.prefill_has_context, scale=self.scale,
             )
