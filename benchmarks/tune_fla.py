@@ -79,7 +79,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tune-fla-"))
     tuned = run_child("autotune", args, work, {"NEURONCHIP_FLA_AUTOTUNE": "1"})
     table = json.loads(fla_configs.TABLE.read_text())
-    table[gpu] = {"triton": triton.__version__, "tuned_at": shapes, "kernels": tuned["winners"]}
+    table[gpu] = {"triton": triton.__version__, "arch": fla_configs.device_arch(), "tuned_at": shapes,
+                  "kernels": tuned["winners"]}
     (args.out / "fla_configs.json").write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     pinned = run_child("pinned", args, work, {"NEURONCHIP_FLA_CONFIGS": str(args.out / "fla_configs.json")})
 

@@ -44,22 +44,37 @@ def test_winners_record_the_chosen_config(fake_fla_module):
     }
 
 
+SM90 = {"capability": "9.0", "sm_count": 132}
+
+
 def test_pin_narrows_to_the_table_config_of_this_gpu(fake_fla_module, tmp_path):
     config = {"kwargs": {"BLOCK": 16}, "num_warps": 1, "num_stages": 2, "num_ctas": 1, "maxnreg": None}
     table = tmp_path / "table.json"
-    table.write_text(json.dumps({"GPU A": {"kernels": {"fla.ops.fake.scale_kernel": config, "fla.gone": config}}}))
+    table.write_text(json.dumps({"GPU A": {"arch": SM90, "kernels": {"fla.ops.fake.scale_kernel": config,
+                                                                     "fla.gone": config}}}))
 
-    assert fla_configs.pin("GPU B", table) == []
+    assert fla_configs.pin("GPU B", {"capability": "8.0", "sm_count": 108}, table) == (None, [])
     assert len(fake_fla_module.configs) == 4
-    assert fla_configs.pin("GPU A", table) == ["fla.ops.fake.scale_kernel"]
+    assert fla_configs.pin("GPU A", {"capability": "8.0", "sm_count": 108}, table) == (
+        "GPU A", ["fla.ops.fake.scale_kernel"])
     (pinned,) = fake_fla_module.configs
     assert (pinned.kwargs, pinned.num_warps, pinned.num_stages) == ({"BLOCK": 16}, 1, 2)
+
+
+def test_a_gpu_missing_from_the_table_borrows_an_entry_of_the_same_architecture(tmp_path):
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"GPU A": {"arch": SM90, "kernels": {}},
+                                 "GPU C": {"arch": {"capability": "9.0", "sm_count": 114}, "kernels": {}}}))
+    assert fla_configs.entry_for("GPU B", SM90, table)[0] == "GPU A"
+    assert fla_configs.entry_for("GPU B", {"capability": "9.0", "sm_count": 114}, table)[0] == "GPU C"
+    assert fla_configs.entry_for("GPU B", {"capability": "9.0", "sm_count": 78}, table) == (None, {})
 
 
 def test_packaged_table_is_well_formed():
     table = json.loads(fla_configs.TABLE.read_text())
     for gpu, entry in table.items():
         assert entry["kernels"], gpu
+        assert set(entry["arch"]) == {"capability", "sm_count"}, gpu
         for name, config in entry["kernels"].items():
             assert name.startswith("fla."), name
             triton.Config(**config)

@@ -56,8 +56,10 @@ def _chunk_gla():
     settings = get_settings()
     if not settings.fla_autotune:
         table = Path(settings.fla_configs) if settings.fla_configs else fla_configs.TABLE
-        pinned = fla_configs.pin(torch.cuda.get_device_name(), table)
-        logger.info("fla GLA kernels: %d autotuned kernels pinned from %s", len(pinned), table)
+        gpu = torch.cuda.get_device_name()
+        entry, pinned = fla_configs.pin(gpu, fla_configs.device_arch(), table)
+        logger.info("fla GLA kernels on %s: %d autotuned kernels pinned to the %s entry of %s",
+                    gpu, len(pinned), entry, table)
     return chunk_gla
 
 

@@ -4,7 +4,9 @@ On first use fla autotunes its chunk kernels: Triton compiles and times every ca
 the prefill kernels), which dominates a cold engine start. `benchmarks/tune_fla.py` autotunes once per GPU
 model at the SpikingBrain-7B shapes and records the winners in `fla_configs.json`; `pin` narrows each of
 fla's autotuners to its winner, so a cold start compiles one config per kernel. Any config gives the same
-result (the tune script checks this); GPUs missing from the table autotune as before.
+result (the tune script checks this). A GPU missing from the table borrows the entry of a GPU with the same
+architecture (compute capability and SM count: the H100 SXM and the H200 share sm_90 with 132 SMs, and differ
+in memory only); other GPUs autotune as before.
 """
 
 import json
@@ -43,13 +45,31 @@ def winners() -> dict[str, dict]:
     }
 
 
-def pin(gpu_name: str, table: Path = TABLE) -> list[str]:
-    """Narrow fla's autotuners to the table's configs for this GPU model; returns the kernels pinned."""
+def entry_for(gpu_name: str, arch: dict, table: Path = TABLE) -> tuple[str | None, dict]:
+    """(name, entry) of the table for this GPU model, else for one of the same `arch` ({"capability": "9.0",
+    "sm_count": 132}), else (None, {})."""
+    entries = json.loads(table.read_text()) if table.exists() else {}
+    if gpu_name in entries:
+        return gpu_name, entries[gpu_name]
+    return next(((name, entry) for name, entry in entries.items() if entry.get("arch") == arch), (None, {}))
+
+
+def pin(gpu_name: str, arch: dict, table: Path = TABLE) -> tuple[str | None, list[str]]:
+    """Narrow fla's autotuners to the configs of `entry_for` this GPU; returns the entry used and the kernels
+    pinned."""
     import triton
 
-    configs = json.loads(table.read_text()).get(gpu_name, {}).get("kernels", {}) if table.exists() else {}
-    tuners = autotuners()
+    name, entry = entry_for(gpu_name, arch, table)
+    configs, tuners = entry.get("kernels", {}), autotuners()
     pinned = sorted(set(configs) & set(tuners))
-    for name in pinned:
-        tuners[name].configs = [triton.Config(**configs[name])]
-    return pinned
+    for kernel in pinned:
+        tuners[kernel].configs = [triton.Config(**configs[kernel])]
+    return name, pinned
+
+
+def device_arch(device=None) -> dict:
+    """{"capability": "major.minor", "sm_count": SMs} of a CUDA device: what GPUs sharing an entry must match."""
+    import torch
+
+    properties = torch.cuda.get_device_properties(device)
+    return {"capability": f"{properties.major}.{properties.minor}", "sm_count": properties.multi_processor_count}
