@@ -10,8 +10,9 @@
 #   swa        the same on the sliding-window peer (window 4096 on every layer), up to 1M
 #   w8aspike   W8ASpike GEMM plan sweep against bf16 (decode sizes, one shape)
 #   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike
-#   capacity [MODEL]  64 requests of 32K at once in an 8 GiB KV cache: the peak that run together
-#   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1
+#   capacity [MODEL [N]]  N (default 64) requests of 32K at once in an 8 GiB KV cache: the peak that run together
+#              (ours holds a window and one GLA state per request at any length, so its 32K count should hold at 128K)
+#   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
 #   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
 #   tp2-tiny   (nvidia-h200-x2) vllm serve of a tiny checkpoint at TP=2 through the OpenAI API
 #   tp1, tp2   TTFT at 128K and 512K, decode after each, TP=1 (run with CUDA_VISIBLE_DEVICES=0) or TP=2
@@ -36,8 +37,9 @@ long=(--lengths 4096 32768 131072 524288 1048576 --decode-only 1024)
 
 case "$step" in
   pair)  # pair STEP0 STEP1: the two steps at once, one per GPU of a two-GPU host (serving on ports 8021, 8022)
-    INSTALLED=1 CUDA_VISIBLE_DEVICES=0 bash "$0" "${2:?pair STEP0 STEP1}" & first=$!
-    INSTALLED=1 CUDA_VISIBLE_DEVICES=1 PORT=8022 bash "$0" "${3:?pair STEP0 STEP1}"
+    # shellcheck disable=SC2086  # a step with arguments is one quoted word: "capacity dense-peer 16"
+    INSTALLED=1 CUDA_VISIBLE_DEVICES=0 bash "$0" ${2:?pair STEP0 STEP1} & first=$!
+    INSTALLED=1 CUDA_VISIBLE_DEVICES=1 PORT=8022 bash "$0" ${3:?pair STEP0 STEP1}
     wait "$first" ;;
   tests)  # model and ops at once; every sweep candidate is checked by the w8aspike step's --sweep instead
     timeout 400 python3 -m pytest -q -m gpu tests/gpu tests/model -p no:cacheprovider -W ignore \
@@ -61,7 +63,7 @@ case "$step" in
   w8aspike-serve)
     serving spikingbrain-w8aspike 580 --lengths 4096 32768 131072 --decode-only 1024 --concurrency ;;
   capacity) serving "${2:-spikingbrain}" 580 --lengths 4096 --decode-only --concurrency \
-    --kv-cache-memory-gib 8 --probe 32768 64 ;;
+    --kv-cache-memory-gib 8 --probe 32768 "${3:-64}" ;;
   tp1) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency ;;
   tp2-test)  # the tiny checkpoint at TP=2 against the reference, eager and CUDA graphs at once; cold workers: minutes
     for variant in eager cuda-graphs; do
