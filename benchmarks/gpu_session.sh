@@ -66,11 +66,12 @@ case "$step" in
     --kv-cache-memory-gib 8 --probe 32768 "${3:-64}" ;;
   tp1) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency ;;
   tp2-test)  # the tiny checkpoint at TP=2 against the reference, eager and CUDA graphs at once; cold workers: minutes
-    for variant in eager cuda-graphs; do
+    variants=(eager cuda-graphs)
+    for variant in "${variants[@]}"; do
       timeout 450 python3 -m pytest -q -m gpu tests/model/test_tensor_parallel.py -k "$variant" -p no:cacheprovider \
         -W ignore > "$out/gpu_tp2_test_$variant.log" 2>&1 &
     done
-    wait; for variant in eager cuda-graphs; do summary "$out/gpu_tp2_test_$variant.log"; done ;;
+    wait; for variant in "${variants[@]}"; do summary "$out/gpu_tp2_test_$variant.log"; done ;;
   tp2-tiny)  # vllm serve of a tiny checkpoint at TP=2 (CUDA graphs), a small share of each GPU
     serving spikingbrain 400 --shape tiny --tensor-parallel-size 2 --gpu-memory-utilization 0.3 --lengths 64 1024 \
       --decode-only --concurrency 1 8 --bench-input-len 512 --bench-output-len 64 ;;

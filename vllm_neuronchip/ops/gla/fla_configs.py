@@ -67,9 +67,10 @@ def pin(gpu_name: str, arch: dict, table: Path = TABLE) -> tuple[str | None, lis
     return name, pinned
 
 
-def device_arch(device=None) -> dict:
-    """{"capability": "major.minor", "sm_count": SMs} of a CUDA device: what GPUs sharing an entry must match."""
+def device_arch() -> dict:
+    """{"capability": "major.minor", "sm_count": SMs} of the current CUDA device: what GPUs sharing an entry must
+    match."""
     import torch
 
-    properties = torch.cuda.get_device_properties(device)
+    properties = torch.cuda.get_device_properties()
     return {"capability": f"{properties.major}.{properties.minor}", "sm_count": properties.multi_processor_count}
