@@ -8,16 +8,19 @@
 #   ours-bench the same engine again (warm start twice), vllm bench serve at concurrency 1-256
 #   dense      the same on the dense peer (Qwen2-7B shapes), up to 128K
 #   swa        the same on the sliding-window peer (window 4096 on every layer), up to 1M
-#   w8aspike   W8ASpike GEMM plan sweep against bf16 (decode sizes, one shape)
-#   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike
+#   w8aspike   W8ASpike linears against bf16 on every 7B shape (M 1 to 4096), then a dot-plan sweep at decode sizes
+#   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike (TTFT and decode at 4K to 128K)
+#   bf16-serve the same on SpikingBrain-7B bf16: w8aspike-serve's baseline, run in the same session
 #   capacity [MODEL [N]]  N (default 64) requests of 32K at once in an 8 GiB KV cache: the peak that run together
 #              (ours holds a window and one GLA state per request at any length, so its 32K count should hold at 128K)
+#   capacity-both  capacity of ours (128 requests) and of the dense peer (16) at once on one GPU, 45% of it each
+#              (counts, not timings: the two engines share the GPU)
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
 #   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
 #   tp2-tiny   (nvidia-h200-x2) vllm serve of a tiny checkpoint at TP=2 through the OpenAI API
 #   tp1, tp2   TTFT at 128K and 512K, decode after each, TP=1 (run with CUDA_VISIBLE_DEVICES=0) or TP=2
 set -uo pipefail
-step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-serve|capacity|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
+step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-serve|bf16-serve|capacity|capacity-both|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHINFER_SAMPLER=0
@@ -57,13 +60,19 @@ case "$step" in
   ours-bench) serving spikingbrain 580 --lengths 1024 --decode-only --warm-restart ;;
   dense) serving dense-peer 580 --lengths 4096 32768 131072 --decode-only 1024 ;;
   swa) serving swa-peer 580 "${long[@]}" ;;
-  w8aspike)
-    timeout 500 python3 benchmarks/w8aspike_gemm.py --sweep --m 1 16 --shapes qkv_proj --max-plans 40 --verbose \
-      --out "$out" > "$out/w8aspike_gemm.log" 2>&1; tail -30 "$out/w8aspike_gemm.log" ;;
-  w8aspike-serve)
-    serving spikingbrain-w8aspike 580 --lengths 4096 32768 131072 --decode-only 1024 --concurrency ;;
+  w8aspike)  # every 7B shape against bf16 at decode and prefill sizes, then the dot plans at decode sizes
+    timeout 330 python3 benchmarks/w8aspike_gemm.py --m 1 16 64 4096 --out "$out" > "$out/w8aspike_gemm.log" 2>&1
+    timeout 220 python3 benchmarks/w8aspike_gemm.py --sweep --m 1 16 --shapes qkv_proj --kinds dot --max-plans 24 \
+      --verbose --out "$out" > "$out/w8aspike_sweep.log" 2>&1
+    tail -25 "$out/w8aspike_gemm.log"; tail -8 "$out/w8aspike_sweep.log" ;;
+  w8aspike-serve) serving spikingbrain-w8aspike 580 --lengths 4096 32768 131072 --decode-only 1024 ;;
+  bf16-serve) serving spikingbrain 580 --lengths 4096 32768 131072 --decode-only 1024 ;;  # w8aspike-serve's baseline
   capacity) serving "${2:-spikingbrain}" 580 --lengths 4096 --decode-only --concurrency \
-    --kv-cache-memory-gib 8 --probe 32768 "${3:-64}" ;;
+    --kv-cache-memory-gib 8 --probe 32768 "${3:-64}" --gpu-memory-utilization "${SHARE:-0.9}" ;;
+  capacity-both)
+    INSTALLED=1 SHARE=0.45 bash "$0" capacity spikingbrain 128 & first=$!
+    INSTALLED=1 SHARE=0.45 PORT=8022 bash "$0" capacity dense-peer 16
+    wait "$first" ;;
   tp1) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency ;;
   tp2-test)  # the tiny checkpoint at TP=2 against the reference, eager and CUDA graphs at once; cold workers: minutes
     variants=(eager cuda-graphs)
