@@ -1,17 +1,17 @@
 """W8ASpike linear vs bf16 F.linear on the SpikingBrain-7B projection shapes, one GPU, CUDA graphs.
 
-For each shape and M: bf16 `F.linear` (the baseline) and our `w8aspike_linear` (Triton spike quantizer + int8
-GEMM with the ELL overflow, output cast back to bf16 as the linear method does), with synthetic codes
-round(N(0, 49.3)) (~1% beyond ±127) and with the overflow off (codes clamped). Each timed graph holds
-`calls` back-to-back linears cycling over enough weight copies that they do not stay in L2; the time is the
+For each shape and M: bf16 `F.linear` (the baseline), the spike quantizer alone, and our `w8aspike_linear`
+(Triton spike quantizer + int8 GEMM on c = 2^E · high + low, bf16 out as the linear method asks), with synthetic
+codes round(N(0, 49.3)) (~1% beyond ±127: one low-bit plane) and with the overflow off (codes clamped, E = 0).
+Each timed graph holds `calls` back-to-back linears cycling over enough weight copies that they do not stay in L2; the time is the
 median over replays (CUDA events) divided by `calls`. Outputs are first checked against the naive reference
 (exact group sums, fp64 combine) at M = 1 and 16.
 
     python benchmarks/w8aspike_gemm.py --out benchmarks/results/w8aspike_gemm
 
 `--sweep` instead times every plan of `triton_kernels.candidate_plans` (GEMV tiles/warps/splits for M <= 16, int8
-dot tiles/warps/stages/splits for any M) in the same linear (quantizer + GEMM with that plan + cast), on the
-overflow layer, after checking each plan's output against the naive reference; it reports the best plan per
+dot tiles/warps/stages/splits for any M; `--kinds` picks) in the same linear (quantizer + GEMM with that plan), on
+the overflow layer, after checking each plan's output against the naive reference; it reports the best plan per
 shape and M next to the default `gemm_plan` and bf16, so one GPU call picks the plans to hard-code:
 
     python benchmarks/w8aspike_gemm.py --sweep --m 1 16 64 256 --out benchmarks/results/w8aspike_sweep
@@ -89,7 +89,7 @@ def our_linear(x, weights, scales, bias, i):
     """As W8ASpikeLinearMethod.apply on the integer path: spike-quantize, GEMM, back to x's dtype."""
     from vllm_neuronchip.ops.w8aspike import w8aspike_linear
 
-    return w8aspike_linear(x, K_SPIKE, weights[i % len(weights)], scales[i % len(scales)], bias)[0].to(x.dtype)
+    return w8aspike_linear(x, K_SPIKE, weights[i % len(weights)], scales[i % len(scales)], bias, out_dtype=x.dtype)[0]
 
 
 def plan_linear(x, weights, scales, bias, plan, i):
@@ -97,8 +97,15 @@ def plan_linear(x, weights, scales, bias, plan, i):
     from vllm_neuronchip.ops.w8aspike import triton_kernels
 
     s, vth = triton_kernels.spike_quantize(x, K_SPIKE)
-    y = triton_kernels.w8aspike_matmul(s, vth, weights[i % len(weights)], scales[i % len(scales)], bias, plan=plan)
-    return y.to(x.dtype)
+    return triton_kernels.w8aspike_matmul(s, vth, weights[i % len(weights)], scales[i % len(scales)], bias, plan=plan,
+                                          out_dtype=x.dtype)
+
+
+def quantize_only(x, i):
+    """The spike quantizer alone (what every W8ASpike linear launches before its GEMM)."""
+    from vllm_neuronchip.ops.w8aspike import triton_kernels
+
+    return triton_kernels.spike_quantize(x, K_SPIKE)
 
 
 def naive_reference(s, vth, weight, scales, bias):
@@ -108,7 +115,7 @@ def naive_reference(s, vth, weight, scales, bias):
     from vllm_neuronchip.ops.w8aspike import naive
 
     M, K = s.shape
-    N, G = weight.codes.shape[0], K // 128
+    N, G = weight.high.shape[0], K // 128
     exact = weight.exact().double().view(N, G, 128)
     acc = torch.einsum("mgk,ngk->mng", s.double().view(M, G, 128), exact)
     return naive.combine_group_sums(acc, vth, scales, bias)
@@ -130,7 +137,6 @@ def sweep(args, device):
         w_bf16 = bf16_weight(exact, scales)
         bias_bf16 = bias.bfloat16() if bias is not None else None
         del exact
-        W = weight.ell_cols.shape[1]
         copies = copy_count(w_bf16)
         w_copies, s_copies, b_copies = (copies_of(v, copies) for v in (weight, scales, w_bf16))
         for M in args.m:
@@ -140,8 +146,8 @@ def sweep(args, device):
             s, vth = triton_kernels.spike_quantize(x, K_SPIKE)
             y_ref = naive_reference(s, vth, weight, scales, bias)
             bf16_s = timed(partial(bf16_linear, x, b_copies, bias_bf16), calls, replays)
-            default = triton_kernels.gemm_plan(M, N, K // 128, W, sm_count)
-            plans = triton_kernels.candidate_plans(M, N, K // 128, W, sm_count)[: args.max_plans]
+            default = triton_kernels.gemm_plan(M, N, K // 128, sm_count)
+            plans = triton_kernels.candidate_plans(M, N, K // 128, sm_count, args.kinds)[: args.max_plans]
             timings = []
             for plan in plans:
                 began = time.perf_counter()
@@ -160,7 +166,7 @@ def sweep(args, device):
             ok = [t for t in timings if "s" in t]
             best = min(ok, key=lambda t: t["s"]) if ok else None
             default_s = next((t["s"] for t in ok if t["plan"] == dataclasses.asdict(default)), None)
-            rows.append({"shape": name, "M": M, "N": N, "K": K, "ell_width": W, "bf16_s": bf16_s,
+            rows.append({"shape": name, "M": M, "N": N, "K": K, "low_bits": weight.low_bit_count, "bf16_s": bf16_s,
                          "default_plan": dataclasses.asdict(default), "default_s": default_s, "best": best,
                          "plans": timings})
             if best:
@@ -188,7 +194,7 @@ def compare(args, device):
         bias_bf16 = bias.bfloat16() if bias is not None else None
         del exact
         full = layers["overflow"]
-        overflow_fraction = (full.ell_residual != 0).sum().item() / full.codes.numel()
+        overflow_fraction = (full.exact().abs() > 127).float().mean().item()
         for M in (1, 16, 64):  # correctness first (GEMV and dot paths), fail loudly
             x = torch.randn(M, K, device=device).bfloat16()
             for weight in layers.values():
@@ -202,24 +208,24 @@ def compare(args, device):
             replays = args.replays if M <= 256 else 10
             x = torch.randn(M, K, device=device, generator=torch.Generator(device).manual_seed(M)).bfloat16()
             row = {"shape": name, "M": M, "N": N, "K": K, "copies": copies, "calls_per_graph": calls,
-                   "replays": replays, "overflow_fraction": overflow_fraction, "ell_width": full.ell_cols.shape[1]}
+                   "replays": replays, "overflow_fraction": overflow_fraction, "low_bits": full.low_bit_count}
             row["bf16_s"] = timed(partial(bf16_linear, x, w_copies, bias_bf16), calls, replays)
+            row["quantize_s"] = timed(partial(quantize_only, x), calls, replays)
             row["bf16_weight_GBps"] = bytes_bf16 / row["bf16_s"] / 1e9
             for label, weights in layers.items():
                 w0 = weights[0]
-                ours_bytes = w0.codes.nbytes + w0.ell_cols.nbytes + w0.ell_residual.nbytes + scales.nbytes
+                ours_bytes = w0.nbytes + scales.nbytes
                 row[f"{label}_s"] = timed(partial(our_linear, x, weights, s_copies, bias), calls, replays)
                 row[f"{label}_weight_bytes"] = ours_bytes
                 row[f"{label}_weight_GBps"] = ours_bytes / row[f"{label}_s"] / 1e9
                 row[f"{label}_speedup_vs_bf16"] = row["bf16_s"] / row[f"{label}_s"]
-            plan = triton_kernels.gemm_plan(M, N, K // 128, full.ell_cols.shape[1],
-                                            triton_kernels._sm_count(device))
+            plan = triton_kernels.gemm_plan(M, N, K // 128, triton_kernels._sm_count(device))
             row["plan"] = dataclasses.asdict(plan)
             rows.append(row)
             print(f"{name:13s} M={M:5d}  bf16 {row['bf16_s'] * 1e6:9.1f} us  ours {row['overflow_s'] * 1e6:9.1f} us "
                   f"(x{row['overflow_speedup_vs_bf16']:.2f}, {row['overflow_weight_GBps']:6.0f} GB/s)  "
                   f"no overflow {row['no_overflow_s'] * 1e6:9.1f} us (x{row['no_overflow_speedup_vs_bf16']:.2f})  "
-                  f"{plan.kind} S={plan.splits}", flush=True)
+                  f"{plan.kind} S={plan.splits}  quantizer {row['quantize_s'] * 1e6:.1f} us", flush=True)
         del w_bf16, w_copies, layers, s_copies, full, weight, w0, weights
         torch.cuda.empty_cache()
     return rows
@@ -231,12 +237,12 @@ def check_against_naive(x, weight, scales, bias):
 
     from vllm_neuronchip.ops.w8aspike import triton_kernels, w8aspike_linear
 
-    y, s = w8aspike_linear(x, K_SPIKE, weight, scales, bias)
+    y, s = w8aspike_linear(x, K_SPIKE, weight, scales, bias)  # fp32 out
     s_ref, vth = triton_kernels.spike_quantize(x, K_SPIKE)
     if not torch.equal(s, s_ref) or not torch.equal(s, torch.round(x.float() / vth).to(torch.int32)):
         raise AssertionError("spike counts differ from round(x / vth)")
     y_ref = naive_reference(s, vth, weight, scales, bias)  # exact integers in fp64
-    return check_close(y, y_ref, f"w8aspike GEMM {tuple(s.shape)} x {tuple(weight.codes.shape)}")
+    return check_close(y, y_ref, f"w8aspike GEMM {tuple(s.shape)} x {tuple(weight.high.shape)}")
 
 
 def bf16_weight(exact, scales):
@@ -256,7 +262,7 @@ def copies_of(value, copies: int) -> list:
 
     def clone(v):
         if isinstance(v, WeightCodes):
-            return WeightCodes(*(t.clone() for t in (v.codes, v.ell_cols, v.ell_residual)))
+            return WeightCodes(v.high.clone(), v.low_bits.clone())
         return v.clone()
 
     return [value] + [clone(value) for _ in range(copies - 1)]
@@ -279,6 +285,8 @@ def main():
     parser.add_argument("--replays", type=int, default=50, help="graph replays per timing (M <= 256)")
     parser.add_argument("--sweep", action="store_true", help="time every candidate GEMM plan instead")
     parser.add_argument("--max-plans", type=int, default=None, help="sweep: first N candidates only (default first)")
+    parser.add_argument("--kinds", nargs="+", default=["gemv", "dot"], choices=["gemv", "dot"],
+                        help="sweep: GEMM paths whose plans are timed (the default plan always is)")
     parser.add_argument("--sweep-calls", type=int, default=20, help="sweep: linears per graph (M <= 256)")
     parser.add_argument("--sweep-replays", type=int, default=20, help="sweep: graph replays per timing (M <= 256)")
     parser.add_argument("--verbose", action="store_true", help="sweep: print every plan's time")
