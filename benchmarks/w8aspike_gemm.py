@@ -1,9 +1,9 @@
 """W8ASpike linear vs bf16 F.linear on the SpikingBrain-7B projection shapes, one GPU, CUDA graphs.
 
 For each shape and M: bf16 `F.linear` (the baseline), the spike quantizer alone, and our `w8aspike_linear`
-(Triton spike quantizer + int8 GEMM on c = 2^E · high + low, bf16 out as the linear method asks), with synthetic
-codes round(N(0, 49.3)) (~1% beyond ±127: one low-bit plane) and with the overflow off (codes clamped, E = 0).
-Each timed graph holds `calls` back-to-back linears cycling over enough weight copies that they do not stay in L2; the time is the
+(Triton spike quantizer + int8 GEMM with the ELL overflow, bf16 out as the linear method asks), with synthetic codes
+round(N(0, 49.3)) (~1% beyond ±127) and with the overflow off (codes clamped). Each timed graph holds
+`calls` back-to-back linears cycling over enough weight copies that they do not stay in L2; the time is the
 median over replays (CUDA events) divided by `calls`. Outputs are first checked against the naive reference
 (exact group sums, fp64 combine) at M = 1 and 16.
 
@@ -115,7 +115,7 @@ def naive_reference(s, vth, weight, scales, bias):
     from vllm_neuronchip.ops.w8aspike import naive
 
     M, K = s.shape
-    N, G = weight.high.shape[0], K // 128
+    N, G = weight.codes.shape[0], K // 128
     exact = weight.exact().double().view(N, G, 128)
     acc = torch.einsum("mgk,ngk->mng", s.double().view(M, G, 128), exact)
     return naive.combine_group_sums(acc, vth, scales, bias)
@@ -137,6 +137,7 @@ def sweep(args, device):
         w_bf16 = bf16_weight(exact, scales)
         bias_bf16 = bias.bfloat16() if bias is not None else None
         del exact
+        W = weight.ell_cols.shape[1]
         copies = copy_count(w_bf16)
         w_copies, s_copies, b_copies = (copies_of(v, copies) for v in (weight, scales, w_bf16))
         for M in args.m:
@@ -146,8 +147,8 @@ def sweep(args, device):
             s, vth = triton_kernels.spike_quantize(x, K_SPIKE)
             y_ref = naive_reference(s, vth, weight, scales, bias)
             bf16_s = timed(partial(bf16_linear, x, b_copies, bias_bf16), calls, replays)
-            default = triton_kernels.gemm_plan(M, N, K // 128, sm_count)
-            plans = triton_kernels.candidate_plans(M, N, K // 128, sm_count, args.kinds)[: args.max_plans]
+            default = triton_kernels.gemm_plan(M, N, K // 128, W, sm_count)
+            plans = triton_kernels.candidate_plans(M, N, K // 128, W, sm_count, args.kinds)[: args.max_plans]
             timings = []
             for plan in plans:
                 began = time.perf_counter()
@@ -166,7 +167,7 @@ def sweep(args, device):
             ok = [t for t in timings if "s" in t]
             best = min(ok, key=lambda t: t["s"]) if ok else None
             default_s = next((t["s"] for t in ok if t["plan"] == dataclasses.asdict(default)), None)
-            rows.append({"shape": name, "M": M, "N": N, "K": K, "low_bits": weight.low_bit_count, "bf16_s": bf16_s,
+            rows.append({"shape": name, "M": M, "N": N, "K": K, "ell_width": W, "bf16_s": bf16_s,
                          "default_plan": dataclasses.asdict(default), "default_s": default_s, "best": best,
                          "plans": timings})
             if best:
@@ -194,7 +195,7 @@ def compare(args, device):
         bias_bf16 = bias.bfloat16() if bias is not None else None
         del exact
         full = layers["overflow"]
-        overflow_fraction = (full.exact().abs() > 127).float().mean().item()
+        overflow_fraction = (full.ell_residual != 0).sum().item() / full.codes.numel()
         for M in (1, 16, 64):  # correctness first (GEMV and dot paths), fail loudly
             x = torch.randn(M, K, device=device).bfloat16()
             for weight in layers.values():
@@ -208,18 +209,19 @@ def compare(args, device):
             replays = args.replays if M <= 256 else 10
             x = torch.randn(M, K, device=device, generator=torch.Generator(device).manual_seed(M)).bfloat16()
             row = {"shape": name, "M": M, "N": N, "K": K, "copies": copies, "calls_per_graph": calls,
-                   "replays": replays, "overflow_fraction": overflow_fraction, "low_bits": full.low_bit_count}
+                   "replays": replays, "overflow_fraction": overflow_fraction, "ell_width": full.ell_cols.shape[1]}
             row["bf16_s"] = timed(partial(bf16_linear, x, w_copies, bias_bf16), calls, replays)
             row["quantize_s"] = timed(partial(quantize_only, x), calls, replays)
             row["bf16_weight_GBps"] = bytes_bf16 / row["bf16_s"] / 1e9
             for label, weights in layers.items():
                 w0 = weights[0]
-                ours_bytes = w0.nbytes + scales.nbytes
+                ours_bytes = w0.codes.nbytes + w0.ell_cols.nbytes + w0.ell_residual.nbytes + scales.nbytes
                 row[f"{label}_s"] = timed(partial(our_linear, x, weights, s_copies, bias), calls, replays)
                 row[f"{label}_weight_bytes"] = ours_bytes
                 row[f"{label}_weight_GBps"] = ours_bytes / row[f"{label}_s"] / 1e9
                 row[f"{label}_speedup_vs_bf16"] = row["bf16_s"] / row[f"{label}_s"]
-            plan = triton_kernels.gemm_plan(M, N, K // 128, triton_kernels._sm_count(device))
+            plan = triton_kernels.gemm_plan(M, N, K // 128, full.ell_cols.shape[1],
+                                            triton_kernels._sm_count(device))
             row["plan"] = dataclasses.asdict(plan)
             rows.append(row)
             print(f"{name:13s} M={M:5d}  bf16 {row['bf16_s'] * 1e6:9.1f} us  ours {row['overflow_s'] * 1e6:9.1f} us "
@@ -237,12 +239,12 @@ def check_against_naive(x, weight, scales, bias):
 
     from vllm_neuronchip.ops.w8aspike import triton_kernels, w8aspike_linear
 
-    y, s = w8aspike_linear(x, K_SPIKE, weight, scales, bias)  # fp32 out
+    y, s = w8aspike_linear(x, K_SPIKE, weight, scales, bias)
     s_ref, vth = triton_kernels.spike_quantize(x, K_SPIKE)
     if not torch.equal(s, s_ref) or not torch.equal(s, torch.round(x.float() / vth).to(torch.int32)):
         raise AssertionError("spike counts differ from round(x / vth)")
     y_ref = naive_reference(s, vth, weight, scales, bias)  # exact integers in fp64
-    return check_close(y, y_ref, f"w8aspike GEMM {tuple(s.shape)} x {tuple(weight.high.shape)}")
+    return check_close(y, y_ref, f"w8aspike GEMM {tuple(s.shape)} x {tuple(weight.codes.shape)}")
 
 
 def bf16_weight(exact, scales):
@@ -262,7 +264,7 @@ def copies_of(value, copies: int) -> list:
 
     def clone(v):
         if isinstance(v, WeightCodes):
-            return WeightCodes(v.high.clone(), v.low_bits.clone())
+            return WeightCodes(*(t.clone() for t in (v.codes, v.ell_cols, v.ell_residual)))
         return v.clone()
 
     return [value] + [clone(value) for _ in range(copies - 1)]

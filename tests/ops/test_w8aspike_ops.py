@@ -1,6 +1,6 @@
 """ops.w8aspike: the naive linear against quantization.spike_linear, the Triton kernels against the naive ones
 (in the Triton interpreter here, on CUDA where there is one): exact .5 ties, both vth clamps, values beyond int8
-(one and two higher base-128 digits on the dot path), codes beyond ±127 (one and three low-bit planes), split-K,
+(one and two higher base-128 digits on the dot path), codes beyond ±127 as ELL pieces, split-K at decode sizes,
 the GEMV path (M <= 16) and the int8 dot path (M > 16) under their default plans and a few others."""
 
 import dataclasses
@@ -36,20 +36,14 @@ def make_x(M, K, outliers=True):
 
 
 def make_weight(N, K, overflow="1%"):
-    """Exact codes round(50 z) with `overflow` "1%" (about 1% beyond ±127 as in the real checkpoint, one of them
-    190 in the first group: E = 1 low bit), "wide" (also -600 in the last group: E = 3) or "none" (codes within
-    ±127: E = 0); positive scales [N, K/128] and a bias."""
-    exact = torch.round(torch.randn(N, K) * 50).clamp(-256, 255)
-    if overflow == "none":
-        exact = exact.clamp(-127, 127)
-    else:
-        exact[0, 1] = 190
-    if overflow == "wide":
-        exact[N - 1, K - 1] = -600
+    """Exact codes round(50 z) with `overflow` "1%" (about 1% beyond ±127, plus two in the first and last group,
+    one of them beyond ±254: several ELL pieces), "sparse" (round(10 z) and those two only: ELL width 1 or 2) or
+    "none" (codes within ±127: no ELL); positive scales [N, K/128] and a bias."""
+    exact = torch.round(torch.randn(N, K) * (10 if overflow == "sparse" else 50))
+    if overflow != "none":
+        exact[0, 1], exact[N - 1, K - 1] = 190, -600
     scales = (1 + torch.rand(N, K // GROUP_SIZE)) * 1e-3
-    weight = WeightCodes.from_exact(exact)
-    assert weight.low_bit_count == {"none": 0, "1%": 1, "wide": 3}[overflow]
-    return weight, scales, torch.randn(N)
+    return WeightCodes.from_exact(exact.clamp(-127, 127) if overflow == "none" else exact), scales, torch.randn(N)
 
 
 def tie_rows(K):
@@ -139,12 +133,12 @@ def check_matmul(M, K, N, with_bias, device="cpu", overflow="1%", outliers=True,
     weight, scales, bias = make_weight(N, K, overflow)
     bias = bias if with_bias else None
     s, vth = spike_counts(make_x(M, K, outliers))
-    assert (s.abs() > 127).any() == bool(outliers)
+    assert (s.abs() > 127).any() == bool(outliers) and (weight.ell_cols.shape[1] > 0) == (overflow != "none")
     if outliers == "huge":
         assert (s.abs() > 8192).any()
     y_ref = naive.w8aspike_matmul(s, vth, weight, scales, bias)
     args = [t.to(device) if isinstance(t, torch.Tensor) else t for t in (s, vth, on(weight, device), scales, bias)]
-    todo = [None] if plans == ("default",) else plan_variants(M, N, K // GROUP_SIZE)
+    todo = [None] if plans == ("default",) else plan_variants(M, N, K // GROUP_SIZE, weight.ell_cols.shape[1])
     if plans == "all":
         todo = [None] + todo
     for plan in todo:
@@ -152,7 +146,7 @@ def check_matmul(M, K, N, with_bias, device="cpu", overflow="1%", outliers=True,
         assert_matches(y.cpu(), y_ref)
 
 
-def plan_variants(M, N, G):
+def plan_variants(M, N, G, W):
     """Non-default plans that stress the masks and splits: GEMV (if M <= 16) with whole-step and partial-step
     splits, a code tile wider than N, fp32 products; the dot path with several M tiles and split-K, and one
     tile without splits (also at M <= 16, which it handles as well)."""
@@ -160,13 +154,13 @@ def plan_variants(M, N, G):
     plans = []
     if M <= triton_kernels.GEMV_MAX_M:
         plans += [
-            make("gemv", M, N, G, 132, bn=32, gb=4, num_warps=8),  # one step over all groups, masked tail
-            make("gemv", M, N, G, 132, bn=8, gb=2, programs_per_sm=100),  # splits of 2 groups
-            make("gemv", M, N, G, 132, bn=16, gb=1, fp32_products=True, programs_per_sm=100),
+            make("gemv", M, N, G, W, 132, bn=32, gb=4, num_warps=8),  # one step over all groups, masked tail
+            make("gemv", M, N, G, W, 132, bn=8, gb=2, programs_per_sm=100),  # splits of 2 groups, ELL split
+            make("gemv", M, N, G, W, 132, bn=16, gb=1, fp32_products=True, programs_per_sm=100),
         ]
     plans += [
-        make("dot", M, N, G, 132, bm=16, bn=32, programs_per_sm=100),  # a split per group
-        make("dot", M, N, G, 132, bm=32, bn=64, num_warps=8, programs_per_sm=0.01),  # no split
+        make("dot", M, N, G, W, 132, bm=16, bn=32, programs_per_sm=100),  # a split per group
+        make("dot", M, N, G, W, 132, bm=32, bn=64, num_warps=8, programs_per_sm=0.01),  # no split
     ]
     return plans
 
@@ -204,28 +198,25 @@ def test_naive_matmul_is_integer_path(M, K, N, with_bias):
     assert_matches(y, spike_linear(s, vth, weight, scales, bias, path=ExecutionPath.REFERENCE))
 
 
-def test_low_bits_are_the_exact_codes():
-    """c = 2^E · high + low with the fewest low bits E that bring every code into int8, bits packed LSB first."""
+def test_ell_pieces_are_the_exact_codes():
+    """Codes beyond ±127 become int8 pieces of at most ±127 at their column, rows padded with (0, 0)."""
     exact = torch.zeros(3, GROUP_SIZE, dtype=torch.int64)
     exact[:, :4] = torch.tensor([[0, 128, -127, 5], [-300, 127, 1000, 0], [1, 2, 3, 4]])
     weight = WeightCodes.from_exact(exact)
-    assert weight.high.dtype == torch.int8 and weight.low_bits.dtype == torch.uint8
-    assert weight.low_bits.shape == (3, 3, GROUP_SIZE // 8)  # 1000 >> 3 = 125 fits int8, 1000 >> 2 does not
-    assert torch.equal(weight.high.long(), exact >> 3)
-    for i in range(3):
-        for n, j in [(0, 1), (1, 0), (1, 2), (2, 3), (2, 100)]:
-            assert (int(weight.low_bits[i, n, j // 8]) >> (j % 8)) & 1 == (int(exact[n, j]) >> i) & 1
+    assert weight.codes.dtype == torch.int8 and weight.ell_cols.dtype == torch.int16
+    assert weight.ell_residual.dtype == torch.int8
+    assert torch.equal(weight.codes.int(), exact.clamp(-127, 127).int())
+    # row 0: 128 = 127 + 1; row 1: -300 = -127 - 127 - 46 and 1000 = 127 + 6 · 127 + 111: W = 2 + 7
+    assert weight.ell_cols.shape == (3, 9)
+    assert weight.ell_residual[0].tolist() == [1] + [0] * 8 and weight.ell_cols[0].tolist() == [1] + [0] * 8
+    assert weight.ell_residual[1].tolist() == [-127, -46] + [127] * 6 + [111]
+    assert weight.ell_cols[1].tolist() == [0, 0] + [2] * 7
+    assert not weight.ell_residual[2].any()
     assert torch.equal(weight.exact(), exact.int())
-    for lowest, highest, bits in [(-128, 127, 0), (-129, 0, 1), (0, 255, 1), (-256, 0, 1), (0, 256, 2)]:
-        edge = torch.tensor([[lowest] * 4 + [highest] * 4])
-        codes = WeightCodes.from_exact(edge)
-        assert codes.low_bit_count == bits and torch.equal(codes.exact(), edge.int())
-    with pytest.raises(ValueError, match="low bits"):
-        WeightCodes.from_exact(torch.tensor([[2**15] + [0] * 7]))
 
 
-@pytest.mark.parametrize("overflow", ["none", "1%", "wide"])
-def test_accumulate_is_exact(overflow):
+@pytest.mark.parametrize("overflow", ["none", "sparse", "1%"])
+def test_accumulate_with_ell_is_exact(overflow):
     torch.manual_seed(9)
     M, K, N = 5, 384, 24
     weight, _, _ = make_weight(N, K, overflow)
@@ -235,36 +226,37 @@ def test_accumulate_is_exact(overflow):
     assert torch.equal(weight.accumulate(s).long(), expected)
 
 
-def test_low_bits_cost_an_eighth_of_the_int8_bytes():
-    """Codes round(N(0, 49.3)) as in the real checkpoint (~1% beyond ±127, none beyond [-256, 255]): one plane."""
+def test_ell_costs_a_few_percent_of_the_int8_bytes():
+    """Codes round(N(0, 49.3)) as in the real checkpoint (~1% beyond ±127): ELL at 3 bytes a padded entry."""
     torch.manual_seed(0)
-    exact = torch.round(torch.randn(1024, 3584) * 49.3)
-    assert 0.008 < (exact.abs() > 127).float().mean() < 0.012 and exact.abs().max() < 256
-    weight = WeightCodes.from_exact(exact)
-    assert weight.low_bit_count == 1 and weight.nbytes == 1024 * 3584 * 9 // 8
+    weight = WeightCodes.from_exact(torch.round(torch.randn(1024, 3584) * 49.3))
+    overflow = (weight.ell_residual != 0).float().mean(1).mean() * weight.ell_cols.shape[1] / 3584
+    assert 0.008 < overflow < 0.012
+    ell_bytes = weight.ell_cols.nbytes + weight.ell_residual.nbytes
+    assert ell_bytes < 0.06 * weight.codes.nbytes
 
 
 @pytest.mark.parametrize("N,K", [(4608, 3584), (3584, 3584), (512, 3584), (37888, 3584), (3584, 18944)])
 @pytest.mark.parametrize("M", [1, 8, 16, 17, 256, 4096])
 def test_gemm_plan_fills_an_h100(M, N, K):
     G = K // GROUP_SIZE
-    plan = triton_kernels.gemm_plan(M, N, G, sm_count=132)
-    assert plan == triton_kernels.gemm_plan(M, N, G, sm_count=132)  # plain arithmetic
+    plan = triton_kernels.gemm_plan(M, N, G, 57, sm_count=132)
+    assert plan == triton_kernels.gemm_plan(M, N, G, 57, sm_count=132)  # plain arithmetic
     assert plan.kind == ("gemv" if M <= 16 else "dot")
     assert plan.programs(M, N) >= (2 if M <= 16 else 1) * 132 or plan.splits * plan.gb >= G
     assert plan.groups_per_split % plan.gb == 0 or plan.splits == 1
     assert plan.groups_per_split * (plan.splits - 1) < G <= plan.groups_per_split * plan.splits  # no empty split
+    assert plan.ell_per_split * plan.splits >= 57
     if plan.kind == "gemv":
         assert plan.bm >= M and plan.bn * plan.gb * 128 // (32 * plan.num_warps) <= 128  # codes a thread
-    candidates = triton_kernels.candidate_plans(M, N, G, sm_count=132)
+    candidates = triton_kernels.candidate_plans(M, N, G, 57, sm_count=132)
     assert candidates[0] == plan and len(set(candidates)) == len(candidates) <= 160
 
 
-def test_group_sum_exactness_bound():
-    triton_kernels.check_exact_fp32(3.0, 18944, low_bits=1)  # the 7B's widest input, default k, codes ±256
-    for k, low_bits in [(8.0, 0), (3.0, 2)]:
-        with pytest.raises(ValueError, match="2\\^24"):
-            triton_kernels.check_exact_fp32(k, 18944, low_bits)
+def test_residual_dot_exactness_bound():
+    triton_kernels.check_exact_fp32_residual(3.0, 18944)  # the 7B's widest input, default k
+    with pytest.raises(ValueError, match="2\\^24"):
+        triton_kernels.check_exact_fp32_residual(8.0, 18944)
 
 
 def test_linear_dispatch_on_cpu_is_naive():
@@ -304,9 +296,10 @@ for M, K, N in t.SHAPES:
         t.check_matmul(M, K, N, with_bias)
 t.check_matmul(70, 384, 80, True)  # several tiles along M and N, masked edges, three groups
 for M in (1, 5, 16, 17, 64):  # GEMV up to 16, dot beyond; default plans split K (S = 3 for K 384)
-    for overflow in ("none", "1%", "wide"):  # E = 0, 1, 3 low bits
+    for overflow in ("none", "sparse", "1%"):  # no ELL; ELL narrower than the splits; ~1% with pieces
         for outliers in (False, True):
-            t.check_matmul(M, 384, 40, overflow != "1%", overflow=overflow, outliers=outliers, plans="all")
+            t.check_matmul(M, 384, 40, overflow != "sparse", overflow=overflow, outliers=outliers,
+                           plans="all" if overflow != "sparse" else ("default",))
     t.check_matmul(M, 128, 40, False)  # one group: no split, vth and bias in the GEMM
 for M in (1, 17):  # |s| > 8192: the dot path's third digit; the GEMV's plain int32 products
     t.check_matmul(M, 3584, 24, True, outliers="huge", plans="all")
@@ -343,10 +336,10 @@ def test_w8aspike_matmul_on_cuda(M, K, N, with_bias):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("M", [1, 5, 16, 17, 64])
-@pytest.mark.parametrize("overflow", ["none", "1%", "wide"])
+@pytest.mark.parametrize("overflow", ["none", "sparse", "1%"])
 @pytest.mark.parametrize("outliers", [False, True, "huge"])
 @pytest.mark.parametrize("K,N", [(128, 40), (384, 40), (3584, 512), (3584, 4608), (18944, 3584)])
-def test_w8aspike_matmul_split_k_and_low_bits_on_cuda(M, K, N, overflow, outliers):
+def test_w8aspike_matmul_split_k_and_ell_on_cuda(M, K, N, overflow, outliers):
     if outliers == "huge" and K < 3584:
         pytest.skip("|s| > 8192 needs K >= 3584 at k = 3")
     check_matmul(M, K, N, M % 2 == 1, "cuda", overflow=overflow, outliers=outliers, plans="all")
@@ -362,7 +355,7 @@ def test_every_candidate_plan_on_cuda(M, N, K):
     s, vth = spike_counts(make_x(M, K, "huge"))
     y_ref = naive.w8aspike_matmul(s, vth, weight, scales, bias)
     args = (s.cuda(), vth.cuda(), on(weight, "cuda"), scales.cuda(), bias.cuda())
-    for plan in triton_kernels.candidate_plans(M, N, K // GROUP_SIZE):
+    for plan in triton_kernels.candidate_plans(M, N, K // GROUP_SIZE, weight.ell_cols.shape[1]):
         assert_matches(triton_kernels.w8aspike_matmul(*args, plan=plan).cpu(), y_ref)
 
 

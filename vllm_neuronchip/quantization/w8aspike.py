@@ -116,7 +116,7 @@ class W8ASpikeLinearMethod(LinearMethodBase):
         ))
 
     def process_weights_after_loading(self, layer) -> None:
-        """Exact codes -> int8 high parts as `weight` plus packed low-bit planes (see weight_codes.py). Under
+        """Exact codes -> int8 `weight` plus the overflow beyond ±127 (see weight_codes.py). Under
         `--load-format dummy` the codes and scales are synthetic (`synthetic_codes`) instead."""
         scales = layer.weight_scale.data
         if self.dummy_weights:
@@ -126,15 +126,16 @@ class W8ASpikeLinearMethod(LinearMethodBase):
         else:
             exact = layer.weight.data
         codes = WeightCodes.from_exact(exact)
-        layer.weight = torch.nn.Parameter(codes.high, requires_grad=False)
+        layer.weight = torch.nn.Parameter(codes.codes, requires_grad=False)
         layer.weight_scale = torch.nn.Parameter(scales, requires_grad=False)
-        layer.register_buffer("weight_low_bits", codes.low_bits, persistent=False)
+        for name in ("ell_cols", "ell_residual"):
+            layer.register_buffer(f"weight_{name}", getattr(codes, name), persistent=False)
         layer.w8aspike_key = f"{self.prefix}@{id(layer):x}"
         _LAYERS[layer.w8aspike_key] = layer
 
     @staticmethod
     def weight_codes_of(layer) -> WeightCodes:
-        return WeightCodes(layer.weight, layer.weight_low_bits)
+        return WeightCodes(layer.weight, layer.weight_ell_cols, layer.weight_ell_residual)
 
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """Through the opaque `vllm::w8aspike_linear` op, so torch.compile leaves the Triton kernels,

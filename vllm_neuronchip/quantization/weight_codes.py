@@ -1,11 +1,8 @@
-"""W8ASpike weight codes at run time: int8 high parts plus a few packed low-bit planes, exact for any code.
+"""W8ASpike weight codes at run time: int8 where they fit, the ~1% beyond ±127 kept exactly aside.
 
-A code c is stored as c = 2^E · high + low with high = c >> E (floor) in int8 and low = c & (2^E - 1) in E bit
-planes of one bit a weight. E is the fewest low bits that bring every code of the layer into int8: 0 when all
-codes are within [-128, 127], 1 for the real checkpoint (~1% of codes beyond ±127, all within [-256, 255]), so
-it costs 1/8 byte a weight there. What the GPU GEMMs read inside their tiles: two int8 operands, high and low
-(low <= 127 for E <= 7), no gathers. `accumulate` gives the exact per-group integer sums `Σ_{i∈g} s_i c_i` with
-int32 accumulation (the CPU reference and the spike emulator).
+The overflow is a padded per-row (ELL) list of (column, int8 piece) pairs, built once at load: what the
+GPU GEMM reads inside its tiles. `accumulate` gives the exact per-group integer sums `Σ_{i∈g} s_i c_i`
+with int32 accumulation (the CPU reference and the spike emulator).
 """
 
 from dataclasses import dataclass
@@ -14,69 +11,80 @@ import torch
 
 from vllm_neuronchip.quantization.reference import GROUP_SIZE
 
-MAX_LOW_BITS = 7
-"""Low bits at most: low = c & (2^E - 1) stays a non-negative int8 (codes within ±2^14)."""
+INT8_LIMIT = 127
+INT16_COLUMNS = 2**15
+"""Input widths up to this keep ELL column indices in int16."""
 
 
 @dataclass
 class WeightCodes:
-    """Exact codes c [out, in] = 2^E · `high` + Σ_i 2^i · bit i of `low_bits`, E = low_bits.shape[0].
+    """Exact codes c [out, in] = `codes` + the ELL pieces of each row: c[n, ell_cols[n, w]] += ell_residual[n, w].
 
-    Bit i of column j of row n is bit j % 8 of byte low_bits[i, n, j // 8]."""
+    A code beyond ±127 is its clamp plus ceil(|c - clamp| / 127) pieces of at most ±127 at its column, so every
+    piece fits int8 (3 bytes an entry with int16 columns). Rows are padded to W = the most pieces of any row
+    with (column 0, piece 0), which adds nothing. For the real checkpoint (~1% of codes beyond ±127, all within
+    ±254) W is about 1.5x the mean count: ~5% of the int8 bytes at K = 3584 in the worst-padded layer. One row
+    with many more outliers than the others widens every row of its layer; there is no cap."""
 
-    high: torch.Tensor  # int8 [out, in]: c >> E
-    low_bits: torch.Tensor  # uint8 [E, out, in / 8]: the E low bits of c, packed along in
+    codes: torch.Tensor  # int8 [out, in], clamped to ±127
+    ell_cols: torch.Tensor  # int16 (int32 for in > 2^15) [out, W]
+    ell_residual: torch.Tensor  # int8 [out, W], 0 in the padding
 
     @classmethod
     def from_exact(cls, exact: torch.Tensor) -> "WeightCodes":
-        """From exact integer codes [out, in] (any int dtype, in a multiple of 8), on their device."""
+        """From exact integer codes [out, in] (any int dtype), on their device."""
         exact = exact.to(torch.int32)
         out, in_features = exact.shape
-        if in_features % 8:
-            raise ValueError(f"weight codes need an input width divisible by 8, got {in_features}")
-        lowest, highest = (int(exact.min()), int(exact.max())) if exact.numel() else (0, 0)
-        low_bits = 0
-        while lowest >> low_bits < -128 or highest >> low_bits > 127:
-            low_bits += 1
-        if low_bits > MAX_LOW_BITS:
-            raise ValueError(f"weight codes within [{lowest}, {highest}] need {low_bits} low bits beyond int8 "
-                             f"(at most {MAX_LOW_BITS}): expected codes mostly within ±127 (wrong scales?)")
-        shifts = torch.arange(8, device=exact.device, dtype=torch.int32)
-        planes = [((exact >> i) & 1).view(out, in_features // 8, 8) << shifts for i in range(low_bits)]
-        packed = torch.stack([p.sum(-1) for p in planes]) if planes else exact.new_zeros(0, out, in_features // 8)
-        return cls((exact >> low_bits).to(torch.int8), packed.to(torch.uint8))
+        clamped = exact.clamp(-INT8_LIMIT, INT8_LIMIT)
+        rows, cols = (exact != clamped).nonzero(as_tuple=True)  # row-major: each row's entries are contiguous
+        residual = (exact - clamped)[rows, cols]
+        pieces = (residual.abs() + INT8_LIMIT - 1) // INT8_LIMIT
+        total = int(pieces.sum())
+        if total > out * in_features:
+            raise ValueError(f"weight codes up to {int(exact.abs().max())} need {total} int8 overflow pieces for "
+                             f"{out * in_features} codes: expected codes mostly within ±127 (wrong scales?)")
+        first_entry = (torch.cumsum(pieces, 0) - pieces).repeat_interleave(pieces)
+        rows, cols, residual, pieces = [t.repeat_interleave(pieces) for t in (rows, cols, residual, pieces)]
+        entry = torch.arange(total, device=exact.device)
+        piece_index = entry - first_entry  # 0 .. pieces - 1 within one code
+        sign = residual.sign()
+        last = piece_index == pieces - 1
+        value = torch.where(last, residual - sign * INT8_LIMIT * (pieces - 1), sign * INT8_LIMIT)
+        counts = torch.bincount(rows, minlength=out)
+        width = int(counts.max()) if total else 0
+        slot = entry - (torch.cumsum(counts, 0) - counts)[rows]
+        index_dtype = torch.int16 if in_features <= INT16_COLUMNS else torch.int32
+        ell_cols = torch.zeros(out, width, dtype=index_dtype, device=exact.device)
+        ell_residual = torch.zeros(out, width, dtype=torch.int8, device=exact.device)
+        ell_cols[rows, slot] = cols.to(index_dtype)
+        ell_residual[rows, slot] = value.to(torch.int8)
+        return cls(clamped.to(torch.int8), ell_cols, ell_residual)
 
     @property
     def shape(self) -> torch.Size:
-        return self.high.shape
+        return self.codes.shape
 
-    @property
-    def low_bit_count(self) -> int:
-        return self.low_bits.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        return self.high.nbytes + self.low_bits.nbytes
-
-    def low(self) -> torch.Tensor:
-        """c & (2^E - 1) as int32 [out, in] (zeros when E = 0)."""
-        out, in_features = self.high.shape
-        shifts = torch.arange(8, device=self.high.device, dtype=torch.int32)
-        low = torch.zeros(out, in_features, dtype=torch.int32, device=self.high.device)
-        for i in range(self.low_bit_count):
-            bits = (self.low_bits[i].to(torch.int32)[..., None] >> shifts) & 1  # [out, in / 8, 8]
-            low += bits.view(out, in_features) << i
-        return low
+    def overflow_entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The nonzero ELL pieces as COO (rows int64, cols int64, residual int32); a code may appear twice."""
+        rows, slots = self.ell_residual.nonzero(as_tuple=True)
+        return rows, self.ell_cols[rows, slots].long(), self.ell_residual[rows, slots].to(torch.int32)
 
     def exact(self) -> torch.Tensor:
         """The exact codes as int32 [out, in]."""
-        return (self.high.to(torch.int32) << self.low_bit_count) + self.low()
+        rows, cols, residual = self.overflow_entries()
+        return self.codes.to(torch.int32).index_put_((rows, cols), residual, accumulate=True)
 
     def accumulate(self, spike_counts: torch.Tensor) -> torch.Tensor:
         """acc[r, o, g] = Σ_{i in group g} s[r, i] · c[o, i], int32, exact while each group sum fits int32
-        (|s| · |c| · 128 < 2^31: |s| up to ~6e4 with codes near ±255)."""
+        (|s| · |c| · 128 < 2^31: |s| up to ~1e5 with codes near ±190)."""
         rows, in_features = spike_counts.shape
-        out, groups = self.high.shape[0], in_features // GROUP_SIZE
+        out, groups = self.codes.shape[0], in_features // GROUP_SIZE
         s = spike_counts.to(torch.int32).view(rows, groups, GROUP_SIZE).transpose(0, 1)
-        c = self.exact().view(out, groups, GROUP_SIZE).permute(1, 2, 0)
-        return (s @ c).permute(1, 2, 0).contiguous()  # [rows, out, groups]
+        c = self.codes.to(torch.int32).view(out, groups, GROUP_SIZE).permute(1, 2, 0)
+        acc = (s @ c).permute(1, 2, 0).contiguous()  # [rows, out, groups]
+        overflow_rows, cols, residual = self.overflow_entries()
+        if overflow_rows.numel():
+            correction = spike_counts[:, cols].to(torch.int32) * residual
+            slots = overflow_rows * groups + cols // GROUP_SIZE
+            acc.view(rows, out * groups).index_add_(1, slots, correction)
+        return acc

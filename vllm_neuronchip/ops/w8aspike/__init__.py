@@ -15,7 +15,7 @@ def w8aspike_linear(
     -> (y [..., N] in out_dtype, rounded once from fp32; spike counts s int32 [..., K] for spike statistics)."""
     rows = x.reshape(-1, x.shape[-1])
     if x.is_cuda:
-        triton_kernels.check_exact_fp32(k, rows.shape[-1], weight.low_bit_count)
+        triton_kernels.check_exact_fp32_residual(k, rows.shape[-1])
         s, vth = triton_kernels.spike_quantize(rows, k)
         y = triton_kernels.w8aspike_matmul(s, vth, weight, scales, bias, out_dtype=out_dtype)
     else:

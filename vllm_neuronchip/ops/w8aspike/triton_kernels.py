@@ -1,24 +1,23 @@
 """GPU path of a W8ASpike linear: a Triton spike quantizer and Triton int8 GEMMs with one scale per 128-wide K group.
-Spike counts past ±127 and codes past ±127 (c = 2^E · high + low, `WeightCodes`) are both handled exactly.
+Spike counts past ±127 and codes past ±127 (padded per-row ELL pieces) are both handled exactly inside the GEMMs.
 
 Two GEMM paths, picked by `gemm_plan` from the shapes alone (no autotuning, no host sync, CUDA-graph safe):
 
 * "gemv" (decode, M <= 16): no tensor cores. A program owns BN output rows and a range of K groups; each step
-  loads a [BN, GB, 128] tile of int8 high parts (GB groups at once, K-contiguous) and the E bit planes of their
-  low bits ([BN, GB, 16] bytes each), rebuilds c = 2^E · high + low in int32 registers, and for every row m of s
-  (a statically unrolled loop over the M rows, padded to a power of two) multiplies the int32 spike counts by c,
-  sums each 128-group exactly (int32, or fp32 where every partial sum is an integer below 2^24) and applies σ
-  per group in fp32. Counts beyond ±127 need nothing special: s·c is a plain integer product.
+  loads a [BN, GB, 128] tile of int8 codes (GB groups at once, K-contiguous), and for every row m of s (a
+  statically unrolled loop over the M rows, padded to a power of two) multiplies the int32 spike counts by the
+  codes, sums each 128-group exactly (int32, or fp32 where every partial sum is an integer below 2^24) and
+  applies σ per group in fp32. Counts beyond ±127 need nothing special: s·c is a plain integer product.
 * "dot" (M > 16): int8 tensor-core dots. A small prep kernel turns s into int8 digits d0 [M, K] (d0 = s where
   |s| <= 127, else the low balanced base-128 digit) and per-group flags (the most digits any row needs in that
-  group, atomic max: order-free). The GEMM loop does, per group, the int8 dots of d0 with high and (E > 0) with
-  low (its bits unpacked into an int8 tile, low <= 127), and only in flagged groups (a uniform branch on one
-  loaded scalar, no reduction) those of the higher digits d1, d2 recomputed from s: s = d0 + 128·d1 + 16384·d2,
-  all int8, combined exactly in int32 (wrapping, and the true sum fits) before σ.
+  group, atomic max: order-free). The GEMM loop does one int8 dot per group, and only in flagged groups (a
+  uniform branch on one loaded scalar, no reduction) the dots of the higher digits d1, d2 recomputed from s:
+  s = d0 + 128·d1 + 16384·d2, all int8, combined exactly in int32 before σ.
 
-Both: with few output tiles the groups are split S ways (split-K) so the grid fills the GPU; the splits write
-fp32 partials [S, M, N] that a reduce kernel sums in split order (deterministic), then applies vth and the bias.
-The output is written in the caller's dtype (bf16 for the model) by the GEMM or the reduce, no extra cast."""
+Both: with few output tiles the groups are split S ways (split-K) so the grid fills the GPU; each split also
+takes 1/S of the ELL columns and writes fp32 partials [S, M, N] that a reduce kernel sums in split order
+(deterministic), then applies vth and the bias. The output is written in the caller's dtype (bf16 for the model)
+by the GEMM or the reduce: no separate cast."""
 
 import functools
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ from vllm_neuronchip.quantization.reference import (
     VTH_MAX,
     VTH_MIN,
 )
-from vllm_neuronchip.quantization.weight_codes import WeightCodes
+from vllm_neuronchip.quantization.weight_codes import INT8_LIMIT, WeightCodes
 
 QUANTIZE_BLOCK = 2048
 """Features per step of the quantizer's loops over a row."""
@@ -82,7 +81,7 @@ def spike_quantize(x: torch.Tensor, k: float = DEFAULT_K) -> tuple[torch.Tensor,
 
 @dataclass(frozen=True)
 class GemmPlan:
-    """One launch configuration of `w8aspike_matmul`. Everything here is fixed by (M bucket, N, K) and the SM
+    """One launch configuration of `w8aspike_matmul`. Everything here is fixed by (M bucket, N, K, W) and the SM
     count, so a plan never depends on data and the launch is CUDA-graph safe."""
 
     kind: str  # "gemv" (M <= 16, CUDA cores) or "dot" (int8 tensor cores)
@@ -91,16 +90,18 @@ class GemmPlan:
     gb: int  # 128-groups per step of the K loop (dot: 1)
     splits: int  # S: programs along K for one output tile
     groups_per_split: int  # 128-groups per split, a multiple of gb (the last split may have fewer)
+    ell_per_split: int  # ELL columns per split
+    ell_block: int  # ELL columns per step of a program's ELL loop (dot: 1)
     num_warps: int = 4
     num_stages: int = 2
-    fp32_products: bool = False  # gemv: products and group sums in fp32 (exact under check_exact_fp32)
+    fp32_products: bool = False  # gemv: products and group sums in fp32 (exact under check_exact_fp32_residual)
 
     def programs(self, M: int, N: int) -> int:
         """Programs of the GEMM's grid for s [M, K] and N outputs."""
         return -(-M // self.bm) * -(-N // self.bn) * self.splits
 
 
-def make_plan(kind: str, M: int, N: int, G: int, sm_count: int, *, bn: int, bm: int = 0, gb: int = 1,
+def make_plan(kind: str, M: int, N: int, G: int, W: int, sm_count: int, *, bn: int, bm: int = 0, gb: int = 1,
               num_warps: int = 4, num_stages: int = 2, fp32_products: bool = False,
               programs_per_sm: float = 2.0) -> GemmPlan:
     """A plan with the given tiles whose split-K S is the smallest that gives at least `programs_per_sm` · SMs
@@ -117,10 +118,15 @@ def make_plan(kind: str, M: int, N: int, G: int, sm_count: int, *, bn: int, bm: 
     steps_per_split = steps if wanted <= 1 else max(1, steps // wanted)
     groups_per_split = min(steps_per_split * gb, G) if steps_per_split < steps else G
     splits = -(-G // groups_per_split)
-    return GemmPlan(kind, bm, bn, gb, splits, groups_per_split, num_warps, num_stages, fp32_products)
+    if kind == "gemv":
+        ell_block = 16 if bn <= 32 else 8
+    else:
+        ell_block = 1
+    return GemmPlan(kind, bm, bn, gb, splits, groups_per_split, -(-W // splits) if W else 0, ell_block,
+                    num_warps, num_stages, fp32_products)
 
 
-def gemm_plan(M: int, N: int, G: int, sm_count: int | None = None) -> GemmPlan:
+def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> GemmPlan:
     """The default plan: deterministic arithmetic on the shapes (no autotuning at run time, no host sync).
 
     M <= 16, the GEMV path: the first (BN, GB) of `GEMV_TILES` whose tiles x steps reach 2 · SMs programs,
@@ -132,19 +138,20 @@ def gemm_plan(M: int, N: int, G: int, sm_count: int | None = None) -> GemmPlan:
         for bn, gb in GEMV_TILES:
             if -(-N // bn) * -(-G // gb) >= 2 * sm_count:
                 break
-        return make_plan("gemv", M, N, G, sm_count, bn=bn, gb=gb, num_warps=4, num_stages=2,
+        return make_plan("gemv", M, N, G, W, sm_count, bn=bn, gb=gb, num_warps=4, num_stages=2,
                          programs_per_sm=GEMV_PROGRAMS_PER_SM)
     bm = 64 if M <= 64 else 128
     bn = 64 if N <= 1024 else 128
-    return make_plan("dot", M, N, G, sm_count, bm=bm, bn=bn, num_warps=8 if bm * bn >= 8192 else 4,
+    return make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=8 if bm * bn >= 8192 else 4,
                      num_stages=3, programs_per_sm=1.0)
 
 
-def candidate_plans(M: int, N: int, G: int, sm_count: int | None = None, kinds=("gemv", "dot")) -> list[GemmPlan]:
-    """The plans `benchmarks/w8aspike_gemm.py --sweep` times for one (M, N, K), the default first; all exact.
-    GEMV plans only for M <= 16; dot plans for any M (at small M their rows are masked)."""
+def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None,
+                    kinds=("gemv", "dot")) -> list[GemmPlan]:
+    """The plans `benchmarks/w8aspike_gemm.py --sweep` times for one (M, N, K, W), the default first; all exact.
+    GEMV plans only for M <= 16 and if in `kinds`; dot plans (any M: rows are masked) if in `kinds`."""
     sm_count = DEFAULT_SM_COUNT if sm_count is None else sm_count
-    plans = [gemm_plan(M, N, G, sm_count)]
+    plans = [gemm_plan(M, N, G, W, sm_count)]
     if M <= GEMV_MAX_M and "gemv" in kinds:
         for bn in (8, 16, 32, 64):
             for gb in (1, 2, 4, 8):
@@ -152,21 +159,20 @@ def candidate_plans(M: int, N: int, G: int, sm_count: int | None = None, kinds=(
                     if not 16 <= bn * gb * 128 // (32 * num_warps) <= 128:  # int8 codes a thread per step
                         continue
                     for pps in (2.0, 4.0):
-                        plans.append(make_plan("gemv", M, N, G, sm_count, bn=bn, gb=gb, num_warps=num_warps,
+                        plans.append(make_plan("gemv", M, N, G, W, sm_count, bn=bn, gb=gb, num_warps=num_warps,
                                                programs_per_sm=pps))
         base = plans[0]
         plans += [replace(base, fp32_products=True), replace(base, num_stages=3), replace(base, num_stages=1)]
-    if "dot" in kinds:
-        for bm in ((16, 32, 64) if M <= 64 else (64, 128)):
-            for bn in (32, 64, 128, 256):
-                if bm * bn > 128 * 256:
+    for bm in ((16, 32, 64) if M <= 64 else (64, 128)) if "dot" in kinds else ():
+        for bn in (32, 64, 128, 256):
+            if bm * bn > 128 * 256:
+                continue
+            for num_warps, num_stages in ((4, 3), (4, 4), (8, 3), (8, 4)):
+                if bm * bn < 8192 and num_warps == 8:
                     continue
-                for num_warps, num_stages in ((4, 3), (4, 4), (8, 3), (8, 4)):
-                    if bm * bn < 8192 and num_warps == 8:
-                        continue
-                    for pps in (1.0, 2.0):
-                        plans.append(make_plan("dot", M, N, G, sm_count, bm=bm, bn=bn, num_warps=num_warps,
-                                               num_stages=num_stages, programs_per_sm=pps))
+                for pps in (1.0, 2.0):
+                    plans.append(make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=num_warps,
+                                           num_stages=num_stages, programs_per_sm=pps))
     return list(dict.fromkeys(plans))  # without repeats, in order
 
 
@@ -183,45 +189,51 @@ def w8aspike_matmul(
     plan: GemmPlan | None = None,
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """`naive.w8aspike_matmul` -> y [M, N] in `out_dtype` (rounded once from fp32), with no host synchronisation
-    and shapes fixed by M, N, K and E (CUDA-graph safe). `plan` overrides `gemm_plan` (the benchmark's sweep).
+    """`naive.w8aspike_matmul` -> y [M, N] in `out_dtype` (rounded once from fp32), with no host synchronisation and shapes fixed by M, N, K and
+    the ELL width (CUDA-graph safe). `plan` overrides `gemm_plan` (the benchmark's sweep).
 
-    Both paths compute, per 128-group g, the exact integer acc_g = Σ_{i∈g} s_i · c_i in int32 and add
-    σ[n, g] · acc_g in fp32; y = vth · out + b. The group sums are below 2^24 under `check_exact_fp32`, so their
-    conversion to fp32 is exact too: only the multiplications by σ and the sums over groups and splits round,
-    like the fp64 combine of the reference."""
+    Both paths compute, per 128-group g, the exact integer acc_g = Σ_{i∈g} s_i · c8_i (c8 the int8 codes) and
+    add σ[n, g] · acc_g in fp32; the ELL pieces r (|r| <= 127) at columns j add σ[n, j // 128] · (s_j · r),
+    s_j · r an exact integer; y = vth · out + b. The group sums are below 127 · Σ|s_i| < 2^24 under
+    `check_exact_fp32_residual`, so their conversion to fp32 is exact too: only the multiplications by σ and
+    the sums over groups, ELL pieces and splits round, like the fp64 combine of the reference."""
     import triton
 
     M, K = s.shape
-    N, G = weight.high.shape[0], K // GROUP_SIZE
-    if K % GROUP_SIZE or weight.high.shape[1] != K or scales.shape[:2] != (N, G):
-        raise ValueError(f"s {tuple(s.shape)}, codes {tuple(weight.high.shape)} and scales "
+    N, G = weight.codes.shape[0], K // GROUP_SIZE
+    if K % GROUP_SIZE or weight.codes.shape[1] != K or scales.shape[:2] != (N, G):
+        raise ValueError(f"s {tuple(s.shape)}, codes {tuple(weight.codes.shape)} and scales "
                          f"{tuple(scales.shape)} do not fit groups of {GROUP_SIZE}")
-    E = weight.low_bit_count
-    if weight.low_bits.shape != (E, N, K // 8):
-        raise ValueError(f"low-bit planes {tuple(weight.low_bits.shape)} must be [E, {N}, {K // 8}]")
+    if weight.ell_cols.shape != weight.ell_residual.shape or weight.ell_cols.shape[0] != N:
+        raise ValueError(f"ELL columns {tuple(weight.ell_cols.shape)} and pieces "
+                         f"{tuple(weight.ell_residual.shape)} must both be [{N}, W]")
+    W = weight.ell_cols.shape[1]
     if plan is None:
-        plan = gemm_plan(M, N, G, _sm_count(s.device))
+        plan = gemm_plan(M, N, G, W, _sm_count(s.device))
     elif plan.kind == "gemv" and plan.bm < M:
         raise ValueError(f"a GEMV plan for {plan.bm} rows cannot take M = {M}")
     y = torch.empty(M, N, dtype=out_dtype, device=s.device)
     out = y if plan.splits == 1 else torch.empty(plan.splits, M, N, dtype=torch.float32, device=s.device)
     s, vth = s.contiguous(), vth.contiguous()
-    high, low_bits, sigma = weight.high.contiguous(), weight.low_bits.contiguous(), scales.reshape(N, G).contiguous()
+    codes, sigma = weight.codes.contiguous(), scales.reshape(N, G).contiguous()
+    ell_cols, ell_residual = weight.ell_cols.contiguous(), weight.ell_residual.contiguous()
     bias_or_y = bias.contiguous() if bias is not None else y  # any valid pointer when there is no bias
-    common = {"K": K, "G": G, "E": E, "HAS_BIAS": bias is not None, "SPLIT": plan.splits > 1,
+    common = {"K": K, "G": G, "HAS_BIAS": bias is not None, "HAS_ELL": W > 0, "SPLIT": plan.splits > 1,
               "BM": plan.bm, "BN": plan.bn, "num_warps": plan.num_warps, "num_stages": plan.num_stages}
     if plan.kind == "gemv":
         _gemv_kernel()[(triton.cdiv(N, plan.bn), plan.splits)](
-            s, high, low_bits, sigma, vth, bias_or_y, out, M, N, plan.groups_per_split,
-            GB=plan.gb, FP32=plan.fp32_products, **common,
+            s, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, out,
+            M, N, W, plan.groups_per_split, plan.ell_per_split,
+            GB=plan.gb, WB=plan.ell_block, FP32=plan.fp32_products, **common,
         )
     else:
         d0 = torch.empty(M, K, dtype=torch.int8, device=s.device)
+        s_t = torch.empty(K, M, dtype=torch.int32, device=s.device) if W else d0
         flags = torch.zeros(G, dtype=torch.int32, device=s.device)
-        _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, d0, flags, M, K=K, PM=PREP_ROWS)
+        _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, d0, s_t, flags, M, K=K, PM=PREP_ROWS, WRITE_T=W > 0)
         _dot_kernel()[(triton.cdiv(M, plan.bm), triton.cdiv(N, plan.bn), plan.splits)](
-            s, d0, flags, high, low_bits, sigma, vth, bias_or_y, out, M, N, plan.groups_per_split, **common,
+            s, d0, s_t, flags, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, out,
+            M, N, W, plan.groups_per_split, plan.ell_per_split, **common,
         )
     if plan.splits > 1:
         _reduce_kernel()[(M, triton.cdiv(N, REDUCE_BLOCK))](
@@ -245,20 +257,17 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-SUM_MARGIN = 1.01
-"""Slack on k·K in `check_exact_fp32` for the fp32 rounding of vth = mean|x| / k (relative ~K · 2^-24 at worst)."""
-
-
-def check_exact_fp32(k: float, in_features: int, low_bits: int) -> None:
-    """Within one 128-group, Σ_{i∈g} |s_i| <= Σ_i |x_i| / vth + 64 <= k·K + 64 (s = round(x / vth), vth = mean|x| / k,
-    unless vth is clamped at its maximum), and |c| <= 128 · 2^E, so every partial group sum of s_i · c_i is below
-    128 · 2^E · (k·K + 64). Below 2^24 these integers are exact in fp32: the GEMV's fp32 products and sums, and
-    the conversion of every exact int32 group sum to fp32 before σ. It also bounds |s| below `DIGIT_LIMIT`, where
-    the dot path's three int8 digits of s are exact, and keeps every int32 group sum far below 2^31."""
-    bound = 128 * 2**low_bits * (k * in_features * SUM_MARGIN + GROUP_SIZE / 2)
+def check_exact_fp32_residual(k: float, in_features: int) -> None:
+    """Σ_i |s_i| over a row is at most k·K + K/2 (s = round(x / vth), vth = mean|x| / k, unless vth is clamped),
+    so any partial sum of products s_i · c_i with |c_i| <= 127 (a group sum of int8 codes, the product of a
+    spike count and an ELL piece) is below 127 · (k·K + K/2). Below 2^24 these integers are exact in fp32: the
+    GEMV's fp32 products and sums, and the conversion of every exact int32 group sum to fp32 before σ. It also
+    bounds |s| below 2^24 / 127 < `DIGIT_LIMIT`, where the dot path's three int8 digits of s are exact, and
+    keeps every int32 sum far below 2^31."""
+    bound = INT8_LIMIT * (k * in_features + in_features / 2)
     if bound >= 2**24:
-        raise ValueError(f"k={k} with {in_features} input features and codes up to ±{128 * 2**low_bits} could exceed "
-                         f"fp32's exact integers in a group sum ({bound:.3g} >= 2^24)")
+        raise ValueError(f"k={k} with {in_features} input features could exceed fp32's exact integers "
+                         f"in the residual dot ({bound:.3g} >= 2^24)")
 
 
 @functools.cache
@@ -299,14 +308,13 @@ def _quantize_kernel():
 
 
 store_tile = None
-code_dot = None
-"""The GEMMs' shared Triton functions, put here by `_define_helpers` (triton is imported lazily; the kernels reach
-them as module globals, which both Triton's compiler and its interpreter resolve)."""
+"""The GEMMs' shared epilogue, a Triton function that `_define_store_tile` puts here (triton is imported lazily;
+the kernels reach it as a module global, which both Triton's compiler and its interpreter resolve)."""
 
 
 @functools.cache
-def _define_helpers() -> None:
-    global store_tile, code_dot
+def _define_store_tile() -> None:
+    global store_tile
     import triton
     import triton.language as tl
 
@@ -324,15 +332,7 @@ def _define_helpers() -> None:
                 out_tile += tl.load(bias + cols, mask=m_cols, other=0.0).to(tl.float32)[None, :]
             tl.store(out + offsets, out_tile.to(out.dtype.element_ty), mask=mask)
 
-    @triton.jit
-    def digit_dot(a, high, low, E: tl.constexpr):
-        # a · c for an int8 digit tile a [BM, 128] and c = 2^E · high + low ([128, BN] int8 each): exact int32.
-        acc = tl.dot(a, high, out_dtype=tl.int32)
-        if E > 0:
-            acc = acc * (1 << E) + tl.dot(a, low, out_dtype=tl.int32)
-        return acc
-
-    store_tile, code_dot = epilogue, digit_dot
+    store_tile = epilogue
 
 
 @functools.cache
@@ -340,49 +340,61 @@ def _gemv_kernel():
     import triton
     import triton.language as tl
 
-    _define_helpers()
+    _define_store_tile()
 
     @triton.jit
     def w8aspike_gemv_kernel(
-        s, high, low_bits, scales, vth, bias, out, M, N, groups_per_split,
-        K: tl.constexpr, G: tl.constexpr, E: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-        FP32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GB: tl.constexpr,
+        s, codes, scales, vth, bias, ell_cols, ell_residual, out, M, N, W, groups_per_split, ell_per_split,
+        K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
+        FP32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GB: tl.constexpr, WB: tl.constexpr,
     ):
-        # One program per BN output rows and split of K, all M (<= BM) rows of s. Each step: a [BN, GB, 16, 8] tile
-        # of codes (GB whole groups, K-contiguous; column k = 128 g + 8 j + t), c = 2^E · high + the E low bits (bit t
-        # of byte j of each plane), reused by every row m of s; the products are exact integers (group sums < 2^24
-        # under check_exact_fp32, so also in fp32 when FP32), summed per group, then scaled by σ [BN, GB] in fp32.
+        # One program per BN output rows and split of K, all M (<= BM) rows of s. Each step: a [BN, GB, 128] int8
+        # code tile (GB whole groups, K-contiguous), reused by every row m of s; the products are exact integers
+        # (|s · c| sums < 2^24 under check_exact_fp32_residual, so also in fp32 when FP32), summed per group over
+        # the last axis, then scaled by σ [BN, GB] in fp32.
         split = tl.program_id(1)
         cols = tl.program_id(0) * BN + tl.arange(0, BN)
         m_cols = cols < N
         gi = tl.arange(0, GB)
-        js = tl.arange(0, 16)
-        ts = tl.arange(0, 8)
+        ks = tl.arange(0, 128)
         rows = tl.arange(0, BM)
-        k_tile = gi[:, None, None] * 128 + js[None, :, None] * 8 + ts[None, None, :]  # [GB, 16, 8]
-        p_high = high + cols.to(tl.int64)[:, None, None, None] * K + k_tile[None, :, :, :]
-        p_bits = low_bits + cols.to(tl.int64)[:, None, None] * (K // 8) + (gi[:, None] * 16 + js[None, :])[None, :, :]
+        p_codes = codes + cols.to(tl.int64)[:, None, None] * K + (gi[:, None] * 128 + ks[None, :])[None, :, :]
         p_sigma = scales + cols[:, None] * G + gi[None, :]  # [BN, GB]
+        p_s = gi[:, None] * 128 + ks[None, :]  # [GB, 128] offsets within a row of s
         out_tile = tl.zeros([BM, BN], dtype=tl.float32)
         g_start = split * groups_per_split
         g_end = tl.minimum(g_start + groups_per_split, G)
         for g0 in range(g_start, g_end, GB):
             m_g = (g0 + gi) < g_end
-            m_tile = m_cols[:, None, None] & m_g[None, :, None]  # [BN, GB, 1]
-            c = tl.load(p_high + g0 * 128, mask=m_tile[:, :, :, None], other=0).to(tl.int32) * (1 << E)
-            for i in tl.static_range(E):
-                byte = tl.load(p_bits + i * N * (K // 8) + g0 * 16, mask=m_tile, other=0).to(tl.int32)
-                c += ((byte[:, :, :, None] >> ts[None, None, None, :]) & 1) << i
+            c = tl.load(p_codes + g0 * 128, mask=m_cols[:, None, None] & m_g[None, :, None], other=0)
             sigma = tl.load(p_sigma + g0, mask=m_cols[:, None] & m_g[None, :], other=0.0)
             if FP32:
                 c = c.to(tl.float32)
+            else:
+                c = c.to(tl.int32)
             for m in tl.static_range(BM):
-                a = tl.load(s + m * K + g0 * 128 + k_tile, mask=(m_g & (gi * 0 + m < M))[:, None, None], other=0)
+                a = tl.load(s + m * K + g0 * 128 + p_s, mask=(m_g & (gi * 0 + m < M))[:, None], other=0)  # [GB, 128] int32
                 if FP32:
                     a = a.to(tl.float32)
-                part = tl.sum(tl.sum(a[None, :, :, :] * c, axis=3), axis=2)  # [BN, GB] exact group sums
+                part = tl.sum(a[None, :, :] * c, axis=2)  # [BN, GB] exact group sums
                 contrib = tl.sum(part.to(tl.float32) * sigma, axis=1)  # [BN]
                 out_tile = tl.where(rows[:, None] == m, out_tile + contrib[None, :], out_tile)
+        if HAS_ELL:
+            # Codes beyond ±127: pieces r (|r| <= 127) at columns j of each output row n; s[m, j] · r is an exact
+            # integer (int32), then times σ[n, j // 128] in fp32. Padding is (column 0, piece 0).
+            w_start = split * ell_per_split
+            w_end = tl.minimum(w_start + ell_per_split, W)
+            p_ell = cols.to(tl.int64)[:, None] * W  # [BN, 1]
+            for w0 in range(w_start, w_end, WB):
+                ws = w0 + tl.arange(0, WB)
+                m_ell = m_cols[:, None] & (ws < w_end)[None, :]  # [BN, WB]
+                j = tl.load(ell_cols + p_ell + ws[None, :], mask=m_ell, other=0).to(tl.int32)
+                r = tl.load(ell_residual + p_ell + ws[None, :], mask=m_ell, other=0).to(tl.int32)
+                sigma = tl.load(scales + cols[:, None] * G + j // 128, mask=m_ell, other=0.0)
+                for m in tl.static_range(BM):
+                    spikes = tl.load(s + m * K + j, mask=m_ell & (j * 0 + m < M), other=0)  # [BN, WB] int32
+                    contrib = tl.sum((spikes * r).to(tl.float32) * sigma, axis=1)
+                    out_tile = tl.where(rows[:, None] == m, out_tile + contrib[None, :], out_tile)
         store_tile(out_tile, out, vth, bias, rows, cols, split, M, N, SPLIT, HAS_BIAS)
 
     return w8aspike_gemv_kernel
@@ -394,10 +406,11 @@ def _prep_kernel():
     import triton.language as tl
 
     @triton.jit
-    def spike_digits_kernel(s, d0, flags, M, K: tl.constexpr, PM: tl.constexpr):
+    def spike_digits_kernel(s, d0, s_t, flags, M, K: tl.constexpr, PM: tl.constexpr, WRITE_T: tl.constexpr):
         # One program per PM rows and 128-group g of s: d0 = s where |s| <= 127, else the low balanced base-128
         # digit of s (in [-64, 63]); flags[g] = max over rows of the digits needed (0: s fits int8, 1: s = d0 +
-        # 128·d1, 2: s = d0 + 128·d1 + 16384·d2), by atomic max (order-free: deterministic).
+        # 128·d1, 2: s = d0 + 128·d1 + 16384·d2), by atomic max (order-free: deterministic). s_t = sᵀ [K, M] for
+        # the ELL gathers of the dot path (columns of s contiguous over rows).
         g = tl.program_id(1)
         rows = tl.program_id(0) * PM + tl.arange(0, PM)
         ks = g * 128 + tl.arange(0, 128)
@@ -410,6 +423,8 @@ def _prep_kernel():
         digit2 = (t - digit1) >> 7
         level = tl.where(big, tl.where(digit2 != 0, 2, 1), 0)
         tl.store(d0 + rows.to(tl.int64)[:, None] * K + ks[None, :], digit0.to(tl.int8), mask=m_rows[:, None])
+        if WRITE_T:
+            tl.store(s_t + ks.to(tl.int64)[None, :] * M + rows[:, None], a, mask=m_rows[:, None])
         tl.atomic_max(flags + g, tl.max(tl.max(level, axis=1), axis=0))
 
     return spike_digits_kernel
@@ -420,51 +435,57 @@ def _dot_kernel():
     import triton
     import triton.language as tl
 
-    _define_helpers()
+    _define_store_tile()
 
     @triton.jit
     def w8aspike_dot_kernel(
-        s, d0, flags, high, low_bits, scales, vth, bias, out, M, N, groups_per_split,
-        K: tl.constexpr, G: tl.constexpr, E: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+        s, d0, s_t, flags, codes, scales, vth, bias, ell_cols, ell_residual, out,
+        M, N, W, groups_per_split, ell_per_split,
+        K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr,
     ):
-        # One program per [BM, BN] tile of y and split of K. Per group: the int8 operands high [128, BN] and (E > 0)
-        # low [128, BN] (unpacked from [16, BN] bytes per plane, low <= 127), then code_dot of d0. Where the prep
-        # kernel flagged the group (some |s| > 127 in it, any row), the higher digits of s are recomputed from s
-        # itself and dotted too: acc = d0·c + 128·(d1·c) + 16384·(d2·c) = s·c exactly in int32. The branch is on
-        # one loaded scalar: uniform, no reduction.
+        # One program per [BM, BN] tile of y and split of K; one int8 dot [BM, 128] x [128, BN] per group. Where the
+        # prep kernel flagged the group (some |s| > 127 in it, any row), the higher digits of s are recomputed from
+        # s itself and dotted too: acc = d0·c + 128·(d1·c) + 16384·(d2·c) = s·c exactly in int32 (each dot is
+        # exact in int32; the sum is below 2^24). The branch is on one loaded scalar: uniform, no reduction.
         split = tl.program_id(2)
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         cols = tl.program_id(1) * BN + tl.arange(0, BN)
         ks = tl.arange(0, 128)
-        js = tl.arange(0, 16)
-        ts = tl.arange(0, 8)
         m_rows, m_cols = rows < M, cols < N
         row_offsets = rows.to(tl.int64)[:, None] * K + ks[None, :]  # [BM, 128]
-        p_high = high + cols.to(tl.int64)[None, :] * K + ks[:, None]  # [128, BN], K-major
-        p_bits = low_bits + cols.to(tl.int64)[None, :] * (K // 8) + js[:, None]  # [16, BN]
+        p_codes = codes + cols.to(tl.int64)[None, :] * K + ks[:, None]  # [128, BN], K-major
         out_tile = tl.zeros([BM, BN], dtype=tl.float32)
         g_start = split * groups_per_split
         for g in range(g_start, tl.minimum(g_start + groups_per_split, G)):
             a = tl.load(d0 + row_offsets + g * 128, mask=m_rows[:, None], other=0)
-            b = tl.load(p_high + g * 128, mask=m_cols[None, :], other=0)
-            low = tl.zeros([16, 8, BN], dtype=tl.int32)
-            for i in tl.static_range(E):
-                byte = tl.load(p_bits + i * N * (K // 8) + g * 16, mask=m_cols[None, :], other=0).to(tl.int32)
-                low += ((byte[:, None, :] >> ts[None, :, None]) & 1) << i
-            b_low = tl.reshape(low, [128, BN]).to(tl.int8)
-            acc = code_dot(a, b, b_low, E)
+            b = tl.load(p_codes + g * 128, mask=m_cols[None, :], other=0)
+            acc = tl.dot(a, b, out_dtype=tl.int32)
             level = tl.load(flags + g)
             if level > 0:
                 full = tl.load(s + row_offsets + g * 128, mask=m_rows[:, None], other=0)
                 t = (full - a.to(tl.int32)) >> 7
                 digit1 = ((t + 64) & 127) - 64
-                acc += code_dot(digit1.to(tl.int8), b, b_low, E) * 128
+                acc += tl.dot(digit1.to(tl.int8), b, out_dtype=tl.int32) * 128
                 if level > 1:
                     digit2 = (t - digit1) >> 7
-                    acc += code_dot(digit2.to(tl.int8), b, b_low, E) * 16384
+                    acc += tl.dot(digit2.to(tl.int8), b, out_dtype=tl.int32) * 16384
             sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
             out_tile += acc.to(tl.float32) * sigma[None, :]
+        if HAS_ELL:
+            # ELL pieces, one column slot w at a time for the BN output rows: s[rows, j_n] gathered from sᵀ
+            # (contiguous over rows), times r_n (exact int32), times σ[n, j_n // 128]; accumulated as [BN, BM].
+            w_start = split * ell_per_split
+            w_end = tl.minimum(w_start + ell_per_split, W)
+            ell_tile = tl.zeros([BN, BM], dtype=tl.float32)
+            for w in range(w_start, w_end):
+                j = tl.load(ell_cols + cols.to(tl.int64) * W + w, mask=m_cols, other=0).to(tl.int32)
+                r = tl.load(ell_residual + cols.to(tl.int64) * W + w, mask=m_cols, other=0).to(tl.int32)
+                sigma = tl.load(scales + cols * G + j // 128, mask=m_cols, other=0.0)
+                spikes = tl.load(s_t + j.to(tl.int64)[:, None] * M + rows[None, :],
+                                 mask=m_cols[:, None] & m_rows[None, :], other=0)  # [BN, BM]
+                ell_tile += (spikes * r[:, None]).to(tl.float32) * sigma[:, None]
+            out_tile += tl.trans(ell_tile)
         store_tile(out_tile, out, vth, bias, rows, cols, split, M, N, SPLIT, HAS_BIAS)
 
     return w8aspike_dot_kernel
