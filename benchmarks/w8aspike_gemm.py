@@ -85,22 +85,17 @@ def bf16_linear(x, weights, bias, i):
     return F.linear(x, weights[i % len(weights)], bias)
 
 
-def our_linear(x, weights, scales, bias, i, spikes=False):
-    """As W8ASpikeLinearMethod.apply on the integer path inside a CUDA graph (no spike statistics: one row takes
-    the fused decode GEMV); `spikes` as outside graphs (the quantizer, then the GEMM)."""
+def our_linear(x, weights, scales, bias, i):
+    """As W8ASpikeLinearMethod.apply on the integer path: spike-quantize, GEMM, back to x's dtype."""
     from vllm_neuronchip.ops.w8aspike import w8aspike_linear
 
-    return w8aspike_linear(x, K_SPIKE, weights[i % len(weights)], scales[i % len(scales)], bias, out_dtype=x.dtype,
-                           spikes=spikes)[0]
+    return w8aspike_linear(x, K_SPIKE, weights[i % len(weights)], scales[i % len(scales)], bias, out_dtype=x.dtype)[0]
 
 
 def plan_linear(x, weights, scales, bias, plan, i):
     """`our_linear` with the GEMM's plan forced (the sweep)."""
     from vllm_neuronchip.ops.w8aspike import triton_kernels
 
-    if x.shape[0] == 1 and plan.kind == "gemv":
-        return triton_kernels.fused_decode_linear(x, K_SPIKE, weights[i % len(weights)], scales[i % len(scales)], bias,
-                                                  plan=plan, out_dtype=x.dtype)
     s, vth = triton_kernels.spike_quantize(x, K_SPIKE)
     return triton_kernels.w8aspike_matmul(s, vth, weights[i % len(weights)], scales[i % len(scales)], bias, plan=plan,
                                           out_dtype=x.dtype)
@@ -225,9 +220,6 @@ def compare(args, device):
                 row[f"{label}_weight_bytes"] = ours_bytes
                 row[f"{label}_weight_GBps"] = ours_bytes / row[f"{label}_s"] / 1e9
                 row[f"{label}_speedup_vs_bf16"] = row["bf16_s"] / row[f"{label}_s"]
-            if M == 1:  # the fused decode GEMV against quantizer + GEMM
-                two_step = partial(our_linear, x, layers["overflow"], s_copies, bias, spikes=True)
-                row["overflow_two_step_s"] = timed(two_step, calls, replays)
             plan = triton_kernels.gemm_plan(M, N, K // 128, full.ell_cols.shape[1],
                                             triton_kernels._sm_count(device))
             row["plan"] = dataclasses.asdict(plan)
@@ -235,8 +227,7 @@ def compare(args, device):
             print(f"{name:13s} M={M:5d}  bf16 {row['bf16_s'] * 1e6:9.1f} us  ours {row['overflow_s'] * 1e6:9.1f} us "
                   f"(x{row['overflow_speedup_vs_bf16']:.2f}, {row['overflow_weight_GBps']:6.0f} GB/s)  "
                   f"no overflow {row['no_overflow_s'] * 1e6:9.1f} us (x{row['no_overflow_speedup_vs_bf16']:.2f})  "
-                  f"{plan.kind} S={plan.splits}  quantizer {row['quantize_s'] * 1e6:.1f} us"
-                  + (f"  two-step {row['overflow_two_step_s'] * 1e6:.1f} us" if M == 1 else ""), flush=True)
+                  f"{plan.kind} S={plan.splits}  quantizer {row['quantize_s'] * 1e6:.1f} us", flush=True)
         del w_bf16, w_copies, layers, s_copies, full, weight, w0, weights
         torch.cuda.empty_cache()
     return rows
@@ -253,8 +244,6 @@ def check_against_naive(x, weight, scales, bias):
     if not torch.equal(s, s_ref) or not torch.equal(s, torch.round(x.float() / vth).to(torch.int32)):
         raise AssertionError("spike counts differ from round(x / vth)")
     y_ref = naive_reference(s, vth, weight, scales, bias)  # exact integers in fp64
-    if x.shape[0] == 1 and not torch.equal(w8aspike_linear(x, K_SPIKE, weight, scales, bias, spikes=False)[0], y):
-        raise AssertionError("the fused decode GEMV differs from quantizer + GEMM")
     return check_close(y, y_ref, f"w8aspike GEMM {tuple(s.shape)} x {tuple(weight.codes.shape)}")
 
 

@@ -28,18 +28,13 @@ def stats_dir() -> str | None:
     return NeuronChipSettings().spike_stats_dir
 
 
-def capturing() -> bool:
-    """Whether a CUDA graph is being captured on this stream (statistics skip graph replays)."""
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-
 class SpikeRecorder:
     def __init__(self) -> None:
         self.layers: dict[str, SpikeStats] = {}
         self.flushed_at = 0.0
 
     def record(self, layer: str, spike_counts: torch.Tensor, fan_out: int) -> None:
-        if capturing():
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             return  # a captured graph would replay the add into stale buffers: statistics skip graph replays
         stats = spike_stats(spike_counts, fan_out)
         self.layers[layer] = self.layers[layer] + stats if layer in self.layers else stats

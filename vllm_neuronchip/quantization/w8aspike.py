@@ -26,7 +26,7 @@ from vllm_neuronchip.ops.w8aspike import w8aspike_linear
 from vllm_neuronchip.quantization.checkpoint import COMPACT_SCALE, OVERFLOW_PARTS, RELEASED_SCALES, compact_codes
 from vllm_neuronchip.quantization.reference import spike_counts, weight_codes
 from vllm_neuronchip.quantization.spike_linear import EmulatedSpikeBackend, ExecutionPath, spike_linear
-from vllm_neuronchip.quantization.spike_recorder import RECORDER, capturing
+from vllm_neuronchip.quantization.spike_recorder import RECORDER
 from vllm_neuronchip.quantization.weight_codes import WeightCodes
 from vllm_neuronchip.settings import get_settings
 
@@ -147,14 +147,12 @@ class W8ASpikeLinearMethod(LinearMethodBase):
         settings = get_settings()
         path = ExecutionPath(settings.w8aspike_path)
         rows, codes = x.reshape(-1, x.shape[-1]), self.weight_codes_of(layer)
-        record = settings.spike_stats and not capturing()
-        if path is ExecutionPath.INTEGER:  # Triton int8 GEMM on CUDA (one row unrecorded: fused), torch elsewhere
-            y, s = w8aspike_linear(rows, self.config.k, codes, layer.weight_scale, bias, out_dtype=x.dtype,
-                                   spikes=record)
+        if path is ExecutionPath.INTEGER:  # Triton int8 GEMM on CUDA, exact torch group sums elsewhere
+            y, s = w8aspike_linear(rows, self.config.k, codes, layer.weight_scale, bias, out_dtype=x.dtype)
         else:
             s, vth = spike_counts(rows, self.config.k)
             y = spike_linear(s, vth, codes, layer.weight_scale, bias, path=path, backend=_spike_backend)
-        if record:
+        if settings.spike_stats:
             RECORDER.record(self.prefix, s, fan_out=codes.shape[0])
         return y.to(x.dtype).view(*x.shape[:-1], -1)
 

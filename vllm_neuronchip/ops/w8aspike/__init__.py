@@ -9,17 +9,13 @@ from vllm_neuronchip.quantization.weight_codes import WeightCodes
 
 def w8aspike_linear(
     x: torch.Tensor, k: float, weight: WeightCodes, scales: torch.Tensor, bias: torch.Tensor | None = None,
-    out_dtype: torch.dtype = torch.float32, spikes: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    out_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., K] (any float dtype), codes [N, K], scales σ fp32 [N, K/128], bias [N] or None
-    -> (y [..., N] in out_dtype, rounded once from fp32; spike counts s int32 [..., K] for spike statistics, or
-    None when `spikes` is off and a single CUDA row took the fused decode GEMV)."""
+    -> (y [..., N] in out_dtype, rounded once from fp32; spike counts s int32 [..., K] for spike statistics)."""
     rows = x.reshape(-1, x.shape[-1])
     if x.is_cuda:
         triton_kernels.check_exact_fp32_residual(k, rows.shape[-1])
-        if rows.shape[0] == 1 and not spikes:
-            y = triton_kernels.fused_decode_linear(rows, k, weight, scales, bias, out_dtype=out_dtype)
-            return y.view(*x.shape[:-1], -1), None
         s, vth = triton_kernels.spike_quantize(rows, k)
         y = triton_kernels.w8aspike_matmul(s, vth, weight, scales, bias, out_dtype=out_dtype)
     else:

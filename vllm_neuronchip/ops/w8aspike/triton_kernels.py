@@ -17,8 +17,7 @@ Two GEMM paths, picked by `gemm_plan` from the shapes alone (no autotuning, no h
 Both: with few output tiles the groups are split S ways (split-K) so the grid fills the GPU; each split also
 takes 1/S of the ELL columns and writes fp32 partials [S, M, N] that a reduce kernel sums in split order
 (deterministic), then applies vth and the bias. The output is written in the caller's dtype (bf16 for the model)
-by the GEMM or the reduce: no separate cast. For one row without spike statistics (decode at batch 1 under CUDA
-graphs), `fused_decode_linear` folds the quantizer into the GEMV: one launch instead of two."""
+by the GEMM or the reduce: no separate cast."""
 
 import functools
 from dataclasses import dataclass, replace
@@ -190,39 +189,14 @@ def w8aspike_matmul(
     plan: GemmPlan | None = None,
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """`naive.w8aspike_matmul` -> y [M, N] in `out_dtype` (rounded once from fp32), with no host synchronisation
-    and shapes fixed by M, N, K and the ELL width (CUDA-graph safe). `plan` overrides `gemm_plan` (the sweep).
+    """`naive.w8aspike_matmul` -> y [M, N] in `out_dtype` (rounded once from fp32), with no host synchronisation and shapes fixed by M, N, K and
+    the ELL width (CUDA-graph safe). `plan` overrides `gemm_plan` (the benchmark's sweep).
 
     Both paths compute, per 128-group g, the exact integer acc_g = Σ_{i∈g} s_i · c8_i (c8 the int8 codes) and
     add σ[n, g] · acc_g in fp32; the ELL pieces r (|r| <= 127) at columns j add σ[n, j // 128] · (s_j · r),
     s_j · r an exact integer; y = vth · out + b. The group sums are below 127 · Σ|s_i| < 2^24 under
     `check_exact_fp32_residual`, so their conversion to fp32 is exact too: only the multiplications by σ and
     the sums over groups, ELL pieces and splits round, like the fp64 combine of the reference."""
-    return _matmul(s, vth, weight, scales, bias, plan, out_dtype)
-
-
-def fused_decode_linear(
-    x: torch.Tensor,
-    k: float,
-    weight: WeightCodes,
-    scales: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    plan: GemmPlan | None = None,
-    out_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """One row x [1, K] (any float dtype) -> y [1, N]: `spike_quantize` then `w8aspike_matmul` in one GEMV launch
-    (plus the split-K reduce), each program quantizing the part of x it needs. The same vth, spike counts and
-    sums as the two-step path with the same plan, so the same y; the spike counts are not written out."""
-    if x.shape[0] != 1:
-        raise ValueError(f"the fused decode GEMV takes one row, got {x.shape[0]}")
-    if not k > 0:
-        raise ValueError(f"k must be positive, got {k}")
-    vth = torch.empty(1, 1, dtype=torch.float32, device=x.device)  # written by the GEMV for the split-K reduce
-    return _matmul(x.contiguous(), vth, weight, scales, bias, plan, out_dtype, fused_k=float(k))
-
-
-def _matmul(s, vth, weight, scales, bias, plan, out_dtype, fused_k=None) -> torch.Tensor:
-    """The launches of `w8aspike_matmul`, and of `fused_decode_linear` when fused_k is set (then s is the row x)."""
     import triton
 
     M, K = s.shape
@@ -238,8 +212,6 @@ def _matmul(s, vth, weight, scales, bias, plan, out_dtype, fused_k=None) -> torc
         plan = gemm_plan(M, N, G, W, _sm_count(s.device))
     elif plan.kind == "gemv" and plan.bm < M:
         raise ValueError(f"a GEMV plan for {plan.bm} rows cannot take M = {M}")
-    if fused_k is not None and plan.kind != "gemv":
-        raise ValueError(f"the fused decode GEMV needs a GEMV plan, got {plan.kind!r}")
     y = torch.empty(M, N, dtype=out_dtype, device=s.device)
     out = y if plan.splits == 1 else torch.empty(plan.splits, M, N, dtype=torch.float32, device=s.device)
     s, vth = s.contiguous(), vth.contiguous()
@@ -251,9 +223,8 @@ def _matmul(s, vth, weight, scales, bias, plan, out_dtype, fused_k=None) -> torc
     if plan.kind == "gemv":
         _gemv_kernel()[(triton.cdiv(N, plan.bn), plan.splits)](
             s, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, out,
-            M, N, W, plan.groups_per_split, plan.ell_per_split, fused_k or 1.0,
-            GB=plan.gb, WB=plan.ell_block, FP32=plan.fp32_products, FUSED=fused_k is not None,
-            SUM_BLOCK=min(triton.next_power_of_2(K), QUANTIZE_BLOCK), VTH_MIN=VTH_MIN, VTH_MAX=VTH_MAX, **common,
+            M, N, W, plan.groups_per_split, plan.ell_per_split,
+            GB=plan.gb, WB=plan.ell_block, FP32=plan.fp32_products, **common,
         )
     else:
         d0 = torch.empty(M, K, dtype=torch.int8, device=s.device)
@@ -304,8 +275,6 @@ def _quantize_kernel():
     import triton
     import triton.language as tl
 
-    _define_helpers()
-
     @triton.jit
     def spike_quantize_kernel(
         x, stride_x, s, vth, k, K: tl.constexpr, CHUNK: tl.constexpr, SUM_BLOCK: tl.constexpr,
@@ -314,66 +283,56 @@ def _quantize_kernel():
         # Program (row, chunk): vth from the whole row (the same sum in every chunk's program), then s for its chunk.
         row, chunk = tl.program_id(0).to(tl.int64), tl.program_id(1)
         x_row, s_row = x + row * stride_x, s + row * K
-        v = row_vth(x_row, k, K, SUM_BLOCK, VTH_MIN, VTH_MAX)
-        if chunk == 0:
-            tl.store(vth + row, v)
-        end = tl.minimum(chunk * CHUNK + CHUNK, K)
-        for start in range(chunk * CHUNK, end, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            spikes = spike_round(tl.load(x_row + cols, mask=cols < end, other=0.0), v)
-            tl.store(s_row + cols, spikes, mask=cols < end)
-
-    return spike_quantize_kernel
-
-
-row_vth = spike_round = store_tile = None
-"""The kernels' shared Triton functions, put here by `_define_helpers` (triton is imported lazily; the kernels
-reach them as module globals, which both Triton's compiler and its interpreter resolve)."""
-
-
-@functools.cache
-def _define_helpers() -> None:
-    global row_vth, spike_round, store_tile
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def threshold(x_row, k, K: tl.constexpr, SUM_BLOCK: tl.constexpr, VTH_MIN: tl.constexpr, VTH_MAX: tl.constexpr):
-        # vth = clamp(mean|x| / k) of one row, summed in the same order wherever it is called.
         total = tl.zeros([SUM_BLOCK], dtype=tl.float32)
         for start in range(0, K, SUM_BLOCK):
             cols = start + tl.arange(0, SUM_BLOCK)
             total += tl.abs(tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32))
         # Correctly rounded divisions (a plain fp32 `/` may lower to an approximate one on GPU).
         mean = tl.math.div_rn(tl.sum(total, axis=0), K * 1.0)
-        return tl.minimum(tl.maximum(tl.math.div_rn(mean, k), VTH_MIN), VTH_MAX)
+        v = tl.minimum(tl.maximum(tl.math.div_rn(mean, k), VTH_MIN), VTH_MAX)
+        if chunk == 0:
+            tl.store(vth + row, v)
+        end = tl.minimum(chunk * CHUNK + CHUNK, K)
+        for start in range(chunk * CHUNK, end, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            y = tl.math.div_rn(tl.load(x_row + cols, mask=cols < end, other=0.0).to(tl.float32), v)
+            # Round half to even (the interpreter has no libdevice rint): floor(y + 0.5), and where y + 0.5
+            # is an integer (a tie, or y just below 0.5 rounded up to 1) an odd result steps down by one.
+            t = y + 0.5
+            r = tl.floor(t)
+            r = tl.where((t == r) & ((r.to(tl.int32) & 1) != 0), r - 1.0, r)
+            r = tl.where(tl.abs(y) < 8388608.0, r, y)  # |y| >= 2^23 is already an integer
+            tl.store(s_row + cols, r.to(tl.int32), mask=cols < end)
+
+    return spike_quantize_kernel
+
+
+store_tile = None
+"""The GEMMs' shared epilogue, a Triton function that `_define_store_tile` puts here (triton is imported lazily;
+the kernels reach it as a module global, which both Triton's compiler and its interpreter resolve)."""
+
+
+@functools.cache
+def _define_store_tile() -> None:
+    global store_tile
+    import triton
+    import triton.language as tl
 
     @triton.jit
-    def round_spikes(x, v):
-        # s = round(x / v), half to even, int32 (the interpreter has no libdevice rint): floor(y + 0.5), and where
-        # y + 0.5 is an integer (a tie, or y just below 0.5 rounded up to 1) an odd result steps down by one.
-        y = tl.math.div_rn(x.to(tl.float32), v)
-        t = y + 0.5
-        r = tl.floor(t)
-        r = tl.where((t == r) & ((r.to(tl.int32) & 1) != 0), r - 1.0, r)
-        r = tl.where(tl.abs(y) < 8388608.0, r, y)  # |y| >= 2^23 is already an integer
-        return r.to(tl.int32)
-
-    @triton.jit
-    def epilogue(out_tile, out, v_rows, bias, rows, cols, split, M, N, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
-        # A split's fp32 partial [S, M, N] as it is, or (one split) y = vth · tile + b in y's dtype (v_rows: vth [BM]).
+    def epilogue(out_tile, out, vth, bias, rows, cols, split, M, N, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
+        # A split's fp32 partial [S, M, N] as it is, or (one split) y = vth · tile + b in y's dtype.
         m_rows, m_cols = rows < M, cols < N
         mask = m_rows[:, None] & m_cols[None, :]
         offsets = rows.to(tl.int64)[:, None] * N + cols[None, :]
         if SPLIT:
             tl.store(out + split.to(tl.int64) * M * N + offsets, out_tile, mask=mask)
         else:
-            out_tile = v_rows[:, None] * out_tile
+            out_tile = tl.load(vth + rows, mask=m_rows, other=0.0)[:, None] * out_tile
             if HAS_BIAS:
                 out_tile += tl.load(bias + cols, mask=m_cols, other=0.0).to(tl.float32)[None, :]
             tl.store(out + offsets, out_tile.to(out.dtype.element_ty), mask=mask)
 
-    row_vth, spike_round, store_tile = threshold, round_spikes, epilogue
+    store_tile = epilogue
 
 
 @functools.cache
@@ -381,24 +340,18 @@ def _gemv_kernel():
     import triton
     import triton.language as tl
 
-    _define_helpers()
+    _define_store_tile()
 
     @triton.jit
     def w8aspike_gemv_kernel(
-        s, codes, scales, vth, bias, ell_cols, ell_residual, out, M, N, W, groups_per_split, ell_per_split, k,
+        s, codes, scales, vth, bias, ell_cols, ell_residual, out, M, N, W, groups_per_split, ell_per_split,
         K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
         FP32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GB: tl.constexpr, WB: tl.constexpr,
-        FUSED: tl.constexpr, SUM_BLOCK: tl.constexpr, VTH_MIN: tl.constexpr, VTH_MAX: tl.constexpr,
     ):
         # One program per BN output rows and split of K, all M (<= BM) rows of s. Each step: a [BN, GB, 128] int8
         # code tile (GB whole groups, K-contiguous), reused by every row m of s; the products are exact integers
         # (|s · c| sums < 2^24 under check_exact_fp32_residual, so also in fp32 when FP32), summed per group over
-        # the last axis, then scaled by σ [BN, GB] in fp32. FUSED (M = 1): `s` is the row x itself; every program
-        # computes vth from the whole row (the quantizer's sum, so the same value; each writes it to `vth` for
-        # the split-K reduce) and rounds its own spike counts on the fly.
-        if FUSED:
-            v = row_vth(s, k, K, SUM_BLOCK, VTH_MIN, VTH_MAX)
-            tl.store(vth, v)
+        # the last axis, then scaled by σ [BN, GB] in fp32.
         split = tl.program_id(1)
         cols = tl.program_id(0) * BN + tl.arange(0, BN)
         m_cols = cols < N
@@ -420,9 +373,7 @@ def _gemv_kernel():
             else:
                 c = c.to(tl.int32)
             for m in tl.static_range(BM):
-                a = tl.load(s + m * K + g0 * 128 + p_s, mask=(m_g & (gi * 0 + m < M))[:, None], other=0)  # [GB, 128]
-                if FUSED:
-                    a = spike_round(a, v)
+                a = tl.load(s + m * K + g0 * 128 + p_s, mask=(m_g & (gi * 0 + m < M))[:, None], other=0)  # [GB, 128] int32
                 if FP32:
                     a = a.to(tl.float32)
                 part = tl.sum(a[None, :, :] * c, axis=2)  # [BN, GB] exact group sums
@@ -441,16 +392,10 @@ def _gemv_kernel():
                 r = tl.load(ell_residual + p_ell + ws[None, :], mask=m_ell, other=0).to(tl.int32)
                 sigma = tl.load(scales + cols[:, None] * G + j // 128, mask=m_ell, other=0.0)
                 for m in tl.static_range(BM):
-                    spikes = tl.load(s + m * K + j, mask=m_ell & (j * 0 + m < M), other=0)  # [BN, WB]
-                    if FUSED:
-                        spikes = spike_round(spikes, v)
+                    spikes = tl.load(s + m * K + j, mask=m_ell & (j * 0 + m < M), other=0)  # [BN, WB] int32
                     contrib = tl.sum((spikes * r).to(tl.float32) * sigma, axis=1)
                     out_tile = tl.where(rows[:, None] == m, out_tile + contrib[None, :], out_tile)
-        if FUSED:
-            v_rows = tl.full([BM], 1.0, tl.float32) * v
-        else:
-            v_rows = tl.load(vth + rows, mask=rows < M, other=0.0)
-        store_tile(out_tile, out, v_rows, bias, rows, cols, split, M, N, SPLIT, HAS_BIAS)
+        store_tile(out_tile, out, vth, bias, rows, cols, split, M, N, SPLIT, HAS_BIAS)
 
     return w8aspike_gemv_kernel
 
@@ -490,7 +435,7 @@ def _dot_kernel():
     import triton
     import triton.language as tl
 
-    _define_helpers()
+    _define_store_tile()
 
     @triton.jit
     def w8aspike_dot_kernel(
@@ -541,8 +486,7 @@ def _dot_kernel():
                                  mask=m_cols[:, None] & m_rows[None, :], other=0)  # [BN, BM]
                 ell_tile += (spikes * r[:, None]).to(tl.float32) * sigma[:, None]
             out_tile += tl.trans(ell_tile)
-        v_rows = tl.load(vth + rows, mask=m_rows, other=0.0)
-        store_tile(out_tile, out, v_rows, bias, rows, cols, split, M, N, SPLIT, HAS_BIAS)
+        store_tile(out_tile, out, vth, bias, rows, cols, split, M, N, SPLIT, HAS_BIAS)
 
     return w8aspike_dot_kernel
 
