@@ -9,6 +9,7 @@
 #   dense      the same on the dense peer (Qwen2-7B shapes), up to 128K
 #   swa        the same on the sliding-window peer (window 4096 on every layer), up to 1M
 #   w8aspike   W8ASpike linears against bf16 on every 7B shape (M 1 to 4096), then a dot-plan sweep at decode sizes
+#   w8aspike-tests  the W8ASpike GPU tests alone
 #   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike (TTFT and decode at 4K to 128K)
 #   bf16-serve the same on SpikingBrain-7B bf16: w8aspike-serve's baseline, run in the same session
 #   capacity [MODEL [N]]  N (default 64) requests of 32K at once in an 8 GiB KV cache: the peak that run together
@@ -20,7 +21,7 @@
 #   tp2-tiny   (nvidia-h200-x2) vllm serve of a tiny checkpoint at TP=2 through the OpenAI API
 #   tp1, tp2   TTFT at 128K and 512K, decode after each, TP=1 (run with CUDA_VISIBLE_DEVICES=0) or TP=2
 set -uo pipefail
-step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-serve|bf16-serve|capacity|capacity-both|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
+step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-tests|w8aspike-serve|bf16-serve|capacity|capacity-both|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHINFER_SAMPLER=0
@@ -65,6 +66,9 @@ case "$step" in
     timeout 220 python3 benchmarks/w8aspike_gemm.py --sweep --m 1 16 --shapes qkv_proj --kinds dot --max-plans 24 \
       --verbose --out "$out" > "$out/w8aspike_sweep.log" 2>&1
     tail -25 "$out/w8aspike_gemm.log"; tail -8 "$out/w8aspike_sweep.log" ;;
+  w8aspike-tests)  # the W8ASpike ops on the GPU against the naive reference (every candidate plan: the sweep's)
+    timeout 300 python3 -m pytest -q -m gpu tests/ops/test_w8aspike_ops.py -k "not every_candidate" \
+      -p no:cacheprovider -W ignore > "$out/gpu_w8aspike_tests.log" 2>&1; summary "$out/gpu_w8aspike_tests.log" ;;
   w8aspike-serve) serving spikingbrain-w8aspike 580 --lengths 4096 32768 131072 --decode-only 1024 ;;
   bf16-serve) serving spikingbrain 580 --lengths 4096 32768 131072 --decode-only 1024 ;;  # w8aspike-serve's baseline
   capacity) serving "${2:-spikingbrain}" 580 --lengths 4096 --decode-only --concurrency \
