@@ -10,7 +10,8 @@ torch.compile on), prefix caching off, the same memory and batching limits for e
     histograms (the client's time to first token, HTTP included, is kept beside it);
   - `vllm bench serve` (random dataset, 8K in / 256 out) at each `--concurrency`;
   - `--probe LENGTH REQUESTS` (with `--kv-cache-memory-gib` for the same budget in every model): all
-    requests at once, and the peak of vLLM's running-request gauge, i.e. how many fit at the same time.
+    requests at once with outputs as long as the context allows, and the peak of vLLM's running-request gauge
+    with the KV-cache usage there, i.e. how many fit at the same time (see `peak_running`).
 Models: spikingbrain (ours), spikingbrain-w8aspike (ours, `--quantization w8aspike`), dense-peer (Qwen2-7B
 shapes), swa-peer (the same with a 4096-token window on every layer). Writes serving_<model>.json under --out.
 
@@ -158,22 +159,65 @@ def read_metrics(url: str, metrics: dict[str, str]) -> dict[str, float]:
             for key, metric in metrics.items()}
 
 
-def peak_running(client, url: str, name: str, prompts: list[str], max_tokens: int) -> dict:
-    """Send all prompts at once and sample vLLM's running-request gauge until they finish: how many requests
-    of this length the KV cache actually holds at the same time."""
+CAPACITY_GAUGES = {"running": "vllm:num_requests_running", "waiting": "vllm:num_requests_waiting",
+                   "kv_cache_usage": "vllm:kv_cache_usage_perc"}
+
+
+def peak_running(client, url: str, name: str, prompts: list[str], max_tokens: int, settle_s: float = 30.0,
+                 limit_s: float = 240.0) -> dict:
+    """How many requests of this length the server holds at the same time. All prompts are sent at once, streamed,
+    with outputs of `max_tokens` (long, so that early requests are still decoding while later ones are admitted:
+    with short outputs the running count measures prefill throughput, not capacity). vLLM's running, waiting and
+    KV-cache-usage gauges are sampled until nothing waits (all fit at once), or the running count has not grown
+    for `settle_s` while requests wait (the cache is full, or vLLM admits no more), or `limit_s`; then every
+    request is aborted by closing its stream. The usage at the peak tells the two plateaus apart."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    gauge = {"running": "vllm:num_requests_running"}
-    began, peak = time.perf_counter(), 0.0
+    stop, lock, streams = threading.Event(), threading.Lock(), []
+
+    def request(prompt: str) -> None:
+        stream = client.completions.create(model=name, prompt=prompt, max_tokens=max_tokens, temperature=0.0,
+                                           stream=True, extra_body={"ignore_eos": True})
+        with lock:
+            streams.append(stream)
+        try:
+            for _ in stream:
+                if stop.is_set():
+                    break
+        except Exception:
+            if not stop.is_set():  # after the stop, the main thread closed this stream under the reader
+                raise
+        finally:
+            stream.close()  # the server aborts a request whose client has gone
+
+    began = grew = time.perf_counter()
+    peak, reason = {"running": 0.0}, "all finished"
     with ThreadPoolExecutor(len(prompts)) as pool:
-        futures = [pool.submit(client.completions.create, model=name, prompt=p, max_tokens=max_tokens,
-                               temperature=0.0, extra_body={"ignore_eos": True}) for p in prompts]
+        futures = [pool.submit(request, p) for p in prompts]
         while not all(f.done() for f in futures):
-            peak = max(peak, read_metrics(url, gauge)["running"])
-            time.sleep(0.25)
+            gauges, now = read_metrics(url, CAPACITY_GAUGES), time.perf_counter()
+            if gauges["running"] > peak["running"]:
+                peak, grew = gauges, now
+            if gauges["running"] >= len(prompts):
+                reason = "all admitted"
+            elif gauges["waiting"] > 0 and now - grew > settle_s:
+                reason = f"no growth for {settle_s:.0f} s while requests waited"
+            elif now - began > limit_s:
+                reason = f"time limit {limit_s:.0f} s"
+            else:
+                time.sleep(0.25)
+                continue
+            break
+        with lock:  # abort all, waiting ones included (their readers block until a first chunk otherwise)
+            stop.set()
+            for stream in streams:
+                stream.close()
     failed = [f.exception() for f in futures if f.exception() is not None]
-    return {"requests": len(prompts), "peak_running": peak, "failed": len(failed),
-            "first_error": str(failed[0])[:300] if failed else None, "seconds": time.perf_counter() - began}
+    return {"requests": len(prompts), "max_tokens": max_tokens, "peak_running": peak["running"],
+            "kv_cache_usage_at_peak": peak.get("kv_cache_usage"), "waiting_at_peak": peak.get("waiting"),
+            "stopped": reason, "failed": len(failed), "first_error": str(failed[0])[:300] if failed else None,
+            "seconds": time.perf_counter() - began}
 
 
 def streamed_request(client, url: str, name: str, prompt: str, decode_tokens: int) -> dict:
@@ -318,7 +362,8 @@ def main() -> None:
         if args.probe:
             length, count = args.probe
             prompts = [random_prompt(length, shape["vocab_size"], 10**6 + i) for i in range(count)]
-            save(probe={"prompt_tokens": length} | peak_running(client, server.url, args.model, prompts, 16))
+            room = max_len - length - 16  # outputs as long as the context allows: requests outlive admission
+            save(probe={"prompt_tokens": length} | peak_running(client, server.url, args.model, prompts, room))
             print(f"[{args.model}] probe {json.dumps(report['probe'])}", flush=True)
         sweeps = []
         for concurrency in args.concurrency:
