@@ -1,7 +1,7 @@
 """ops.w8aspike: the naive linear against quantization.spike_linear, the Triton kernels against the naive ones
 (in the Triton interpreter here, on CUDA where there is one): exact .5 ties, both vth clamps, values beyond int8
 (one and two higher base-128 digits on the dot path), codes beyond ±127 as ELL pieces, split-K at decode sizes,
-the GEMV path (M <= 16) and the int8 dot path (M > 16) under their default plans and a few others."""
+the GEMV path (default for M <= 2, possible to 16) and the int8 dot path under their default plans and others."""
 
 import dataclasses
 import os
@@ -242,7 +242,7 @@ def test_gemm_plan_fills_an_h100(M, N, K):
     G = K // GROUP_SIZE
     plan = triton_kernels.gemm_plan(M, N, G, 57, sm_count=132)
     assert plan == triton_kernels.gemm_plan(M, N, G, 57, sm_count=132)  # plain arithmetic
-    assert plan.kind == ("gemv" if M <= 16 else "dot")
+    assert plan.kind == ("gemv" if M <= triton_kernels.GEMV_DEFAULT_MAX_M else "dot")
     assert plan.programs(M, N) >= (2 if M <= 16 else 1) * 132 or plan.splits * plan.gb >= G
     assert plan.groups_per_split % plan.gb == 0 or plan.splits == 1
     assert plan.groups_per_split * (plan.splits - 1) < G <= plan.groups_per_split * plan.splits  # no empty split
@@ -295,7 +295,7 @@ for M, K, N in t.SHAPES:
     for with_bias in (False, True):
         t.check_matmul(M, K, N, with_bias)
 t.check_matmul(70, 384, 80, True)  # several tiles along M and N, masked edges, three groups
-for M in (1, 5, 16, 17, 64):  # GEMV up to 16, dot beyond; default plans split K (S = 3 for K 384)
+for M in (1, 5, 16, 17, 64):  # default GEMV at 1, dot from 5 (GEMV variants to 16); plans split K (S = 3 for K 384)
     for overflow in ("none", "sparse", "1%"):  # no ELL; ELL narrower than the splits; ~1% with pieces
         for outliers in (False, True):
             t.check_matmul(M, 384, 40, overflow != "sparse", overflow=overflow, outliers=outliers,

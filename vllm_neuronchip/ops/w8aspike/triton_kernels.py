@@ -3,12 +3,12 @@ Spike counts past ±127 and codes past ±127 (padded per-row ELL pieces) are bot
 
 Two GEMM paths, picked by `gemm_plan` from the shapes alone (no autotuning, no host sync, CUDA-graph safe):
 
-* "gemv" (decode, M <= 16): no tensor cores. A program owns BN output rows and a range of K groups; each step
+* "gemv" (batch-1 decode; M <= 16 possible, the default up to `GEMV_DEFAULT_MAX_M`): no tensor cores. A program owns BN output rows and a range of K groups; each step
   loads a [BN, GB, 128] tile of int8 codes (GB groups at once, K-contiguous), and for every row m of s (a
   statically unrolled loop over the M rows, padded to a power of two) multiplies the int32 spike counts by the
   codes, sums each 128-group exactly (int32, or fp32 where every partial sum is an integer below 2^24) and
   applies σ per group in fp32. Counts beyond ±127 need nothing special: s·c is a plain integer product.
-* "dot" (M > 16): int8 tensor-core dots. A small prep kernel turns s into int8 digits d0 [M, K] (d0 = s where
+* "dot" (any M, the default beyond `GEMV_DEFAULT_MAX_M`): int8 tensor-core dots. A small prep kernel turns s into int8 digits d0 [M, K] (d0 = s where
   |s| <= 127, else the low balanced base-128 digit) and per-group flags (the most digits any row needs in that
   group, atomic max: order-free). The GEMM loop does one int8 dot per group, and only in flagged groups (a
   uniform branch on one loaded scalar, no reduction) the dots of the higher digits d1, d2 recomputed from s:
@@ -40,7 +40,13 @@ QUANTIZE_CHUNK = 512
 then writes one chunk), so that a decode row is spread over K / 512 programs instead of one."""
 
 GEMV_MAX_M = 16
-"""Rows of s up to which `gemm_plan` picks the tensor-core-free GEMV path."""
+"""Rows of s the tensor-core-free GEMV path can take (its loop over rows is unrolled)."""
+
+GEMV_DEFAULT_MAX_M = 2
+"""Rows of s up to which `gemm_plan` picks the GEMV. H100, qkv_proj, quantizer + GEMM
+(benchmarks/results/gpu/h100/w8aspike/): at M = 16 the int8-dot plan BM 16, BN 128, 2 programs per SM took 22.5 us
+against 65.1 us for the GEMV; at M = 1 the GEMV took 14.3 us against 21.7 us for that dot plan. The GEMV grows by
+about 3.4 us a row, so they cross near M = 3 (interpolated: M = 2 to 15 were not timed)."""
 
 GEMV_TILES = ((32, 1), (16, 1), (8, 1))
 """(BN, GB) the default GEMV plan tries in order: 32 output rows x 128 codes (4096 int8, 32 a thread at 4 warps)
@@ -84,7 +90,7 @@ class GemmPlan:
     """One launch configuration of `w8aspike_matmul`. Everything here is fixed by (M bucket, N, K, W) and the SM
     count, so a plan never depends on data and the launch is CUDA-graph safe."""
 
-    kind: str  # "gemv" (M <= 16, CUDA cores) or "dot" (int8 tensor cores)
+    kind: str  # "gemv" (M <= 16, CUDA cores) or "dot" (int8 tensor cores, any M)
     bm: int  # rows of s per program (gemv: M rounded up to a power of two, all rows in one program)
     bn: int  # output features per program
     gb: int  # 128-groups per step of the K loop (dot: 1)
@@ -129,19 +135,22 @@ def make_plan(kind: str, M: int, N: int, G: int, W: int, sm_count: int, *, bn: i
 def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> GemmPlan:
     """The default plan: deterministic arithmetic on the shapes (no autotuning at run time, no host sync).
 
-    M <= 16, the GEMV path: the first (BN, GB) of `GEMV_TILES` whose tiles x steps reach 2 · SMs programs,
-    then split-K to `GEMV_PROGRAMS_PER_SM` · SMs programs; 4 warps, 2 stages, int32 products.
-    M > 16, the int8 tensor-core path: BM 64 (M <= 64) or 128, BN 128 (64 for N <= 1024), 8 warps, 3 stages,
-    split-K to one program per SM."""
+    M <= `GEMV_DEFAULT_MAX_M`, the GEMV path: the first (BN, GB) of `GEMV_TILES` whose tiles x steps reach
+    2 · SMs programs, then split-K to `GEMV_PROGRAMS_PER_SM` · SMs programs; 4 warps, 2 stages, int32 products.
+    Beyond, the int8 tensor-core path, BN 128 (64 for N <= 1024), 3 stages: M <= 16, BM 16, 4 warps, split-K to
+    two programs per SM (the H100 sweep's best at M = 16); else BM 64 (M <= 64) or 128, 8 warps, split-K to one
+    program per SM."""
     sm_count = DEFAULT_SM_COUNT if sm_count is None else sm_count
-    if M <= GEMV_MAX_M:
+    if M <= GEMV_DEFAULT_MAX_M:
         for bn, gb in GEMV_TILES:
             if -(-N // bn) * -(-G // gb) >= 2 * sm_count:
                 break
         return make_plan("gemv", M, N, G, W, sm_count, bn=bn, gb=gb, num_warps=4, num_stages=2,
                          programs_per_sm=GEMV_PROGRAMS_PER_SM)
-    bm = 64 if M <= 64 else 128
     bn = 64 if N <= 1024 else 128
+    if M <= GEMV_MAX_M:
+        return make_plan("dot", M, N, G, W, sm_count, bm=16, bn=bn, num_warps=4, num_stages=3, programs_per_sm=2.0)
+    bm = 64 if M <= 64 else 128
     return make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=8 if bm * bn >= 8192 else 4,
                      num_stages=3, programs_per_sm=1.0)
 
@@ -149,7 +158,7 @@ def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> Ge
 def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None,
                     kinds=("gemv", "dot")) -> list[GemmPlan]:
     """The plans `benchmarks/w8aspike_gemm.py --sweep` times for one (M, N, K, W), the default first; all exact.
-    GEMV plans only for M <= 16 and if in `kinds`; dot plans (any M: rows are masked) if in `kinds`."""
+    GEMV plans only for M <= `GEMV_MAX_M` and if in `kinds`; dot plans (any M: rows are masked) if in `kinds`."""
     sm_count = DEFAULT_SM_COUNT if sm_count is None else sm_count
     plans = [gemm_plan(M, N, G, W, sm_count)]
     if M <= GEMV_MAX_M and "gemv" in kinds:
