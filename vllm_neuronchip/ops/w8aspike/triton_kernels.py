@@ -97,7 +97,7 @@ class GemmPlan:
     splits: int  # S: programs along K for one output tile
     groups_per_split: int  # 128-groups per split, a multiple of gb (the last split may have fewer)
     ell_per_split: int  # ELL columns per split
-    ell_block: int  # ELL columns per step of a program's ELL loop (dot: 1)
+    ell_block: int  # ELL columns per step of a program's ELL loop
     num_warps: int = 4
     num_stages: int = 2
     fp32_products: bool = False  # gemv: products and group sums in fp32 (exact under check_exact_fp32_residual)
@@ -109,9 +109,10 @@ class GemmPlan:
 
 def make_plan(kind: str, M: int, N: int, G: int, W: int, sm_count: int, *, bn: int, bm: int = 0, gb: int = 1,
               num_warps: int = 4, num_stages: int = 2, fp32_products: bool = False,
-              programs_per_sm: float = 2.0) -> GemmPlan:
+              programs_per_sm: float = 2.0, ell_block: int = 0) -> GemmPlan:
     """A plan with the given tiles whose split-K S is the smallest that gives at least `programs_per_sm` · SMs
-    programs (as far as G allows): S = ceil(G / groups_per_split) with groups_per_split a multiple of gb."""
+    programs (as far as G allows): S = ceil(G / groups_per_split) with groups_per_split a multiple of gb.
+    `ell_block` 0: the default ELL step, 16 or 8 slots for the GEMV, 1 for the dot path."""
     if kind == "gemv":
         bm = _next_power_of_2(M)
     elif kind != "dot":
@@ -124,10 +125,8 @@ def make_plan(kind: str, M: int, N: int, G: int, W: int, sm_count: int, *, bn: i
     steps_per_split = steps if wanted <= 1 else max(1, steps // wanted)
     groups_per_split = min(steps_per_split * gb, G) if steps_per_split < steps else G
     splits = -(-G // groups_per_split)
-    if kind == "gemv":
-        ell_block = 16 if bn <= 32 else 8
-    else:
-        ell_block = 1
+    if not ell_block:
+        ell_block = (16 if bn <= 32 else 8) if kind == "gemv" else 1
     return GemmPlan(kind, bm, bn, gb, splits, groups_per_split, -(-W // splits) if W else 0, ell_block,
                     num_warps, num_stages, fp32_products)
 
@@ -182,6 +181,8 @@ def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None,
                 for pps in (1.0, 2.0):
                     plans.append(make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=num_warps,
                                            num_stages=num_stages, programs_per_sm=pps))
+                    if W and bm * bn <= 4096 and (num_warps, num_stages) == (4, 3):  # ELL slots gathered at once
+                        plans.append(replace(plans[-1], ell_block=min(8, 8192 // (bm * bn))))
     return list(dict.fromkeys(plans))  # without repeats, in order
 
 
@@ -242,7 +243,7 @@ def w8aspike_matmul(
         _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, d0, s_t, flags, M, K=K, PM=PREP_ROWS, WRITE_T=W > 0)
         _dot_kernel()[(triton.cdiv(M, plan.bm), triton.cdiv(N, plan.bn), plan.splits)](
             s, d0, s_t, flags, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, out,
-            M, N, W, plan.groups_per_split, plan.ell_per_split, **common,
+            M, N, W, plan.groups_per_split, plan.ell_per_split, WB=plan.ell_block, **common,
         )
     if plan.splits > 1:
         _reduce_kernel()[(M, triton.cdiv(N, REDUCE_BLOCK))](
@@ -451,7 +452,7 @@ def _dot_kernel():
         s, d0, s_t, flags, codes, scales, vth, bias, ell_cols, ell_residual, out,
         M, N, W, groups_per_split, ell_per_split,
         K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
-        BM: tl.constexpr, BN: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, WB: tl.constexpr,
     ):
         # One program per [BM, BN] tile of y and split of K; one int8 dot [BM, 128] x [128, BN] per group. Where the
         # prep kernel flagged the group (some |s| > 127 in it, any row), the higher digits of s are recomputed from
@@ -482,18 +483,22 @@ def _dot_kernel():
             sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
             out_tile += acc.to(tl.float32) * sigma[None, :]
         if HAS_ELL:
-            # ELL pieces, one column slot w at a time for the BN output rows: s[rows, j_n] gathered from sᵀ
-            # (contiguous over rows), times r_n (exact int32), times σ[n, j_n // 128]; accumulated as [BN, BM].
+            # ELL pieces, WB column slots at a time for the BN output rows: s[rows, j] gathered from sᵀ
+            # (contiguous over rows), times r (exact int32), times σ[n, j // 128]; summed over the WB slots and
+            # accumulated as [BN, BM]. WB > 1 issues WB gathers at once instead of one dependent step each.
             w_start = split * ell_per_split
             w_end = tl.minimum(w_start + ell_per_split, W)
             ell_tile = tl.zeros([BN, BM], dtype=tl.float32)
-            for w in range(w_start, w_end):
-                j = tl.load(ell_cols + cols.to(tl.int64) * W + w, mask=m_cols, other=0).to(tl.int32)
-                r = tl.load(ell_residual + cols.to(tl.int64) * W + w, mask=m_cols, other=0).to(tl.int32)
-                sigma = tl.load(scales + cols * G + j // 128, mask=m_cols, other=0.0)
-                spikes = tl.load(s_t + j.to(tl.int64)[:, None] * M + rows[None, :],
-                                 mask=m_cols[:, None] & m_rows[None, :], other=0)  # [BN, BM]
-                ell_tile += (spikes * r[:, None]).to(tl.float32) * sigma[:, None]
+            p_ell = cols.to(tl.int64)[:, None] * W  # [BN, 1]
+            for w0 in range(w_start, w_end, WB):
+                ws = w0 + tl.arange(0, WB)
+                m_ell = m_cols[:, None] & (ws < w_end)[None, :]  # [BN, WB]
+                j = tl.load(ell_cols + p_ell + ws[None, :], mask=m_ell, other=0).to(tl.int32)
+                r = tl.load(ell_residual + p_ell + ws[None, :], mask=m_ell, other=0).to(tl.int32)
+                sigma = tl.load(scales + cols[:, None] * G + j // 128, mask=m_ell, other=0.0)
+                spikes = tl.load(s_t + j.to(tl.int64)[:, :, None] * M + rows[None, None, :],
+                                 mask=m_ell[:, :, None] & m_rows[None, None, :], other=0)  # [BN, WB, BM]
+                ell_tile += tl.sum((spikes * r[:, :, None]).to(tl.float32) * sigma[:, :, None], axis=1)
             out_tile += tl.trans(ell_tile)
         store_tile(out_tile, out, vth, bias, rows, cols, split, M, N, SPLIT, HAS_BIAS)
 
