@@ -12,9 +12,10 @@
 #   w8aspike-tests  the W8ASpike GPU tests alone
 #   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike (TTFT and decode at 4K to 128K)
 #   bf16-serve the same on SpikingBrain-7B bf16: w8aspike-serve's baseline, run in the same session
-#   capacity [MODEL [N]]  N (default 64) requests of 32K at once in an 8 GiB KV cache: the peak that run together
+#   capacity [MODEL [N [LENGTH]]]  N (default 64) requests of LENGTH (default 32768) tokens at once in an 8 GiB KV
+#              cache: the peak that run together (serving.py's probe: long outputs, stops at a plateau)
 #              (ours holds a window and one GLA state per request at any length, so its 32K count should hold at 128K)
-#   capacity-both  capacity of ours (128 requests) and of the dense peer (16) at once on one GPU, 45% of it each
+#   capacity-both [LENGTH]  capacity of ours (128 requests) and of the dense peer (16) at once on one GPU, 45% each
 #              (counts, not timings: the two engines share the GPU)
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
 #   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
@@ -72,10 +73,10 @@ case "$step" in
   w8aspike-serve) serving spikingbrain-w8aspike 580 --lengths 4096 32768 131072 --decode-only 1024 ;;
   bf16-serve) serving spikingbrain 580 --lengths 4096 32768 131072 --decode-only 1024 ;;  # w8aspike-serve's baseline
   capacity) serving "${2:-spikingbrain}" 580 --lengths 4096 --decode-only --concurrency \
-    --kv-cache-memory-gib 8 --probe 32768 "${3:-64}" --gpu-memory-utilization "${SHARE:-0.9}" ;;
+    --kv-cache-memory-gib 8 --probe "${4:-32768}" "${3:-64}" --gpu-memory-utilization "${SHARE:-0.9}" ;;
   capacity-both)
-    INSTALLED=1 SHARE=0.45 bash "$0" capacity spikingbrain 128 & first=$!
-    INSTALLED=1 SHARE=0.45 PORT=8022 bash "$0" capacity dense-peer 16
+    INSTALLED=1 SHARE=0.45 bash "$0" capacity spikingbrain 128 "${2:-32768}" & first=$!
+    INSTALLED=1 SHARE=0.45 PORT=8022 bash "$0" capacity dense-peer 16 "${2:-32768}"
     wait "$first" ;;
   tp1) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency ;;
   tp2-test)  # the tiny checkpoint at TP=2 against the reference, eager and CUDA graphs at once; cold workers: minutes
