@@ -8,7 +8,7 @@
 #   ours-bench the same engine again (warm start twice), vllm bench serve at concurrency 1-256
 #   dense      the same on the dense peer (Qwen2-7B shapes), up to 128K
 #   swa        the same on the sliding-window peer (window 4096 on every layer), up to 1M
-#   w8aspike   W8ASpike linears against bf16 on every 7B shape (M 1 to 4096), then a dot-plan sweep at decode sizes
+#   w8aspike   W8ASpike linears against bf16 on every 7B shape (M 1 to 4096), then a dot-plan sweep at M 16 and 64
 #   w8aspike-tests  the W8ASpike GPU tests alone
 #   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike (TTFT and decode at 4K to 128K)
 #   bf16-serve the same on SpikingBrain-7B bf16: w8aspike-serve's baseline, run in the same session
@@ -62,10 +62,10 @@ case "$step" in
   ours-bench) serving spikingbrain 580 --lengths 1024 --decode-only --warm-restart ;;
   dense) serving dense-peer 580 --lengths 4096 32768 131072 --decode-only 1024 ;;
   swa) serving swa-peer 580 "${long[@]}" ;;
-  w8aspike)  # every 7B shape against bf16 at decode and prefill sizes, then the dot plans at decode sizes
+  w8aspike)  # every 7B shape against bf16 at decode and prefill sizes, then dot plans (blocked ELL too) at M 16, 64
     timeout 330 python3 benchmarks/w8aspike_gemm.py --m 1 16 64 4096 --out "$out" > "$out/w8aspike_gemm.log" 2>&1
-    timeout 220 python3 benchmarks/w8aspike_gemm.py --sweep --m 1 16 --shapes qkv_proj --kinds dot --max-plans 24 \
-      --verbose --out "$out" > "$out/w8aspike_sweep.log" 2>&1
+    timeout 250 python3 benchmarks/w8aspike_gemm.py --sweep --m 16 64 --shapes qkv_proj gate_up_proj --kinds dot \
+      --max-plans 24 --verbose --out "$out" > "$out/w8aspike_sweep.log" 2>&1
     tail -25 "$out/w8aspike_gemm.log"; tail -8 "$out/w8aspike_sweep.log" ;;
   w8aspike-tests)  # the W8ASpike ops on the GPU against the naive reference (every candidate plan: the sweep's)
     timeout 300 python3 -m pytest -q -m gpu tests/ops/test_w8aspike_ops.py -k "not every_candidate" \
