@@ -3,16 +3,17 @@ Spike counts past ±127 and codes past ±127 (padded per-row ELL pieces) are bot
 
 Two GEMM paths, picked by `gemm_plan` from the shapes alone (no autotuning, no host sync, CUDA-graph safe):
 
-* "gemv" (batch-1 decode; M <= 16 possible, the default up to `GEMV_DEFAULT_MAX_M`): no tensor cores. A program owns BN output rows and a range of K groups; each step
-  loads a [BN, GB, 128] tile of int8 codes (GB groups at once, K-contiguous), and for every row m of s (a
-  statically unrolled loop over the M rows, padded to a power of two) multiplies the int32 spike counts by the
-  codes, sums each 128-group exactly (int32, or fp32 where every partial sum is an integer below 2^24) and
-  applies σ per group in fp32. Counts beyond ±127 need nothing special: s·c is a plain integer product.
-* "dot" (any M, the default beyond `GEMV_DEFAULT_MAX_M`): int8 tensor-core dots. A small prep kernel turns s into int8 digits d0 [M, K] (d0 = s where
-  |s| <= 127, else the low balanced base-128 digit) and per-group flags (the most digits any row needs in that
-  group, atomic max: order-free). The GEMM loop does one int8 dot per group, and only in flagged groups (a
-  uniform branch on one loaded scalar, no reduction) the dots of the higher digits d1, d2 recomputed from s:
-  s = d0 + 128·d1 + 16384·d2, all int8, combined exactly in int32 before σ.
+* "gemv" (batch-1 decode; the default up to `GEMV_DEFAULT_MAX_M` rows, possible up to 16): no tensor cores. A
+  program owns BN output rows and a range of K groups; each step loads a [BN, GB, 128] tile of int8 codes (GB groups
+  at once, K-contiguous), and for every row m of s (a statically unrolled loop over the M rows, padded to a power of
+  two) multiplies the int32 spike counts by the codes, sums each 128-group exactly (int32, or fp32 where every
+  partial sum is an integer below 2^24) and applies σ per group in fp32. Counts beyond ±127 need nothing special:
+  s·c is a plain integer product.
+* "dot" (any M, the default beyond `GEMV_DEFAULT_MAX_M`): int8 tensor-core dots. A small prep kernel turns s into
+  int8 digits d0 [M, K] (d0 = s where |s| <= 127, else the low balanced base-128 digit) and per-group flags (the
+  most digits any row needs in that group, atomic max: order-free). The GEMM loop does one int8 dot per group, and
+  only in flagged groups (a uniform branch on one loaded scalar, no reduction) the dots of the higher digits d1, d2
+  recomputed from s: s = d0 + 128·d1 + 16384·d2, all int8, combined exactly in int32 before σ.
 
 Both: with few output tiles the groups are split S ways (split-K) so the grid fills the GPU; each split also
 takes 1/S of the ELL columns and writes fp32 partials [S, M, N] that a reduce kernel sums in split order
@@ -199,8 +200,8 @@ def w8aspike_matmul(
     plan: GemmPlan | None = None,
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """`naive.w8aspike_matmul` -> y [M, N] in `out_dtype` (rounded once from fp32), with no host synchronisation and shapes fixed by M, N, K and
-    the ELL width (CUDA-graph safe). `plan` overrides `gemm_plan` (the benchmark's sweep).
+    """`naive.w8aspike_matmul` -> y [M, N] in `out_dtype` (rounded once from fp32), with no host synchronisation
+    and shapes fixed by M, N, K and the ELL width (CUDA-graph safe). `plan` overrides `gemm_plan` (the sweep).
 
     Both paths compute, per 128-group g, the exact integer acc_g = Σ_{i∈g} s_i · c8_i (c8 the int8 codes) and
     add σ[n, g] · acc_g in fp32; the ELL pieces r (|r| <= 127) at columns j add σ[n, j // 128] · (s_j · r),
