@@ -318,16 +318,29 @@ def _quantize_kernel():
     return spike_quantize_kernel
 
 
-store_tile = None
-"""The GEMMs' shared epilogue, a Triton function that `_define_store_tile` puts here (triton is imported lazily;
-the kernels reach it as a module global, which both Triton's compiler and its interpreter resolve)."""
+store_tile = ell_slots = None
+"""The GEMMs' shared Triton functions (epilogue, ELL slot loads) that `_define_helpers` puts here (triton is imported
+lazily; the kernels reach them as module globals, which both Triton's compiler and its interpreter resolve)."""
 
 
 @functools.cache
-def _define_store_tile() -> None:
-    global store_tile
+def _define_helpers() -> None:
+    global store_tile, ell_slots
     import triton
     import triton.language as tl
+
+    @triton.jit
+    def load_ell_slots(ell_cols, ell_residual, scales, cols, m_cols, w0, w_end, W, G: tl.constexpr,
+                       WB: tl.constexpr):
+        # ELL slots w0 .. w0 + WB (below w_end) of the BN output rows `cols`: columns j, pieces r (int32, 0 in the
+        # padding and masked slots) and the scales σ[n, j // 128], each [BN, WB], and the mask of live slots.
+        p_ell = cols.to(tl.int64)[:, None] * W  # [BN, 1]
+        ws = w0 + tl.arange(0, WB)
+        m_ell = m_cols[:, None] & (ws < w_end)[None, :]  # [BN, WB]
+        j = tl.load(ell_cols + p_ell + ws[None, :], mask=m_ell, other=0).to(tl.int32)
+        r = tl.load(ell_residual + p_ell + ws[None, :], mask=m_ell, other=0).to(tl.int32)
+        sigma = tl.load(scales + cols[:, None] * G + j // 128, mask=m_ell, other=0.0)
+        return j, r, sigma, m_ell
 
     @triton.jit
     def epilogue(out_tile, out, vth, bias, rows, cols, split, M, N, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
@@ -343,7 +356,7 @@ def _define_store_tile() -> None:
                 out_tile += tl.load(bias + cols, mask=m_cols, other=0.0).to(tl.float32)[None, :]
             tl.store(out + offsets, out_tile.to(out.dtype.element_ty), mask=mask)
 
-    store_tile = epilogue
+    store_tile, ell_slots = epilogue, load_ell_slots
 
 
 @functools.cache
@@ -351,7 +364,7 @@ def _gemv_kernel():
     import triton
     import triton.language as tl
 
-    _define_store_tile()
+    _define_helpers()
 
     @triton.jit
     def w8aspike_gemv_kernel(
@@ -395,13 +408,8 @@ def _gemv_kernel():
             # integer (int32), then times σ[n, j // 128] in fp32. Padding is (column 0, piece 0).
             w_start = split * ell_per_split
             w_end = tl.minimum(w_start + ell_per_split, W)
-            p_ell = cols.to(tl.int64)[:, None] * W  # [BN, 1]
             for w0 in range(w_start, w_end, WB):
-                ws = w0 + tl.arange(0, WB)
-                m_ell = m_cols[:, None] & (ws < w_end)[None, :]  # [BN, WB]
-                j = tl.load(ell_cols + p_ell + ws[None, :], mask=m_ell, other=0).to(tl.int32)
-                r = tl.load(ell_residual + p_ell + ws[None, :], mask=m_ell, other=0).to(tl.int32)
-                sigma = tl.load(scales + cols[:, None] * G + j // 128, mask=m_ell, other=0.0)
+                j, r, sigma, m_ell = ell_slots(ell_cols, ell_residual, scales, cols, m_cols, w0, w_end, W, G, WB)
                 for m in tl.static_range(BM):
                     spikes = tl.load(s + m * K + j, mask=m_ell & (j * 0 + m < M), other=0)  # [BN, WB] int32
                     contrib = tl.sum((spikes * r).to(tl.float32) * sigma, axis=1)
@@ -446,7 +454,7 @@ def _dot_kernel():
     import triton
     import triton.language as tl
 
-    _define_store_tile()
+    _define_helpers()
 
     @triton.jit
     def w8aspike_dot_kernel(
@@ -490,13 +498,8 @@ def _dot_kernel():
             w_start = split * ell_per_split
             w_end = tl.minimum(w_start + ell_per_split, W)
             ell_tile = tl.zeros([BN, BM], dtype=tl.float32)
-            p_ell = cols.to(tl.int64)[:, None] * W  # [BN, 1]
             for w0 in range(w_start, w_end, WB):
-                ws = w0 + tl.arange(0, WB)
-                m_ell = m_cols[:, None] & (ws < w_end)[None, :]  # [BN, WB]
-                j = tl.load(ell_cols + p_ell + ws[None, :], mask=m_ell, other=0).to(tl.int32)
-                r = tl.load(ell_residual + p_ell + ws[None, :], mask=m_ell, other=0).to(tl.int32)
-                sigma = tl.load(scales + cols[:, None] * G + j // 128, mask=m_ell, other=0.0)
+                j, r, sigma, m_ell = ell_slots(ell_cols, ell_residual, scales, cols, m_cols, w0, w_end, W, G, WB)
                 spikes = tl.load(s_t + j.to(tl.int64)[:, :, None] * M + rows[None, None, :],
                                  mask=m_ell[:, :, None] & m_rows[None, None, :], other=0)  # [BN, WB, BM]
                 ell_tile += tl.sum((spikes * r[:, :, None]).to(tl.float32) * sigma[:, :, None], axis=1)
