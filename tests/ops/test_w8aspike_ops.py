@@ -306,6 +306,7 @@ for M in (1, 17):  # |s| > 8192: the dot path's third digit; the GEMV's plain in
     t.check_matmul(M, 3584, 24, True, outliers="huge", plans="all")
 t.check_linear(8, 256, 48)
 t.check_linear(20, 3584, 128)  # the model's hidden size: 28 groups
+assert not t.triton_kernels._split_counters(t.torch.device("cpu")).any(), "split-K counts left set"
 print("triton w8aspike ok")
 """
 
@@ -358,6 +359,30 @@ def test_every_candidate_plan_on_cuda(M, N, K):
     args = (s.cuda(), vth.cuda(), on(weight, "cuda"), scales.cuda(), bias.cuda())
     for plan in triton_kernels.candidate_plans(M, N, K // GROUP_SIZE, weight.ell_cols.shape[1]):
         assert_matches(triton_kernels.w8aspike_matmul(*args, plan=plan).cpu(), y_ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M,K,N", [(1, 3584, 4608), (2, 18944, 3584), (16, 3584, 512)])
+def test_split_k_gemm_replayed_in_a_cuda_graph(M, K, N):
+    """A split-K GEMM (the default plan at decode sizes) captured once and replayed on new spike counts: each replay
+    matches the naive GEMM, so the last split of every tile ran the sum and left its count at 0 for the next."""
+    weight, scales, bias = make_weight(N, K)
+    plan = triton_kernels.gemm_plan(M, N, K // GROUP_SIZE, weight.ell_cols.shape[1])
+    assert plan.splits > 1
+    s, vth = (t.cuda() for t in spike_counts(make_x(M, K)))
+    args = (on(weight, "cuda"), scales.cuda(), bias.cuda())
+    triton_kernels.w8aspike_matmul(s, vth, *args)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = triton_kernels.w8aspike_matmul(s, vth, *args)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        new_s, new_vth = spike_counts(make_x(M, K))
+        s.copy_(new_s)
+        vth.copy_(new_vth)
+        graph.replay()
+        assert_matches(y.cpu(), naive.w8aspike_matmul(new_s, new_vth, weight, scales, bias))
+    assert not triton_kernels._split_counters(s.device).any()
 
 
 @pytest.mark.gpu

@@ -16,9 +16,10 @@ Two GEMM paths, picked by `gemm_plan` from the shapes alone (no autotuning, no h
   recomputed from s: s = d0 + 128·d1 + 16384·d2, all int8, combined exactly in int32 before σ.
 
 Both: with few output tiles the groups are split S ways (split-K) so the grid fills the GPU; each split also
-takes 1/S of the ELL columns and writes fp32 partials [S, M, N] that a reduce kernel sums in split order
-(deterministic), then applies vth and the bias. The output is written in the caller's dtype (bf16 for the model)
-by the GEMM or the reduce: no separate cast."""
+takes 1/S of the ELL columns and stores an fp32 partial [S, M, N]. The split that finishes a tile last (an atomic
+count per tile) sums that tile's partials in split order (deterministic, whatever order the splits finished in),
+applies vth and the bias and writes y in the caller's dtype (bf16 for the model): one launch per GEMM, no reduce
+or cast kernel."""
 
 import functools
 from dataclasses import dataclass, replace
@@ -31,6 +32,7 @@ from vllm_neuronchip.quantization.reference import (
     VTH_MAX,
     VTH_MIN,
 )
+from vllm_neuronchip.ops.w8aspike import tuned_plans
 from vllm_neuronchip.quantization.weight_codes import INT8_LIMIT, WeightCodes
 
 QUANTIZE_BLOCK = 2048
@@ -102,6 +104,7 @@ class GemmPlan:
     num_warps: int = 4
     num_stages: int = 2
     fp32_products: bool = False  # gemv: products and group sums in fp32 (exact under check_exact_fp32_residual)
+    programs_per_sm: float = 2.0  # the grid `make_plan` aimed at when it chose `splits`
 
     def programs(self, M: int, N: int) -> int:
         """Programs of the GEMM's grid for s [M, K] and N outputs."""
@@ -129,7 +132,7 @@ def make_plan(kind: str, M: int, N: int, G: int, W: int, sm_count: int, *, bn: i
     if not ell_block:
         ell_block = (16 if bn <= 32 else 8) if kind == "gemv" else 1
     return GemmPlan(kind, bm, bn, gb, splits, groups_per_split, -(-W // splits) if W else 0, ell_block,
-                    num_warps, num_stages, fp32_products)
+                    num_warps, num_stages, fp32_products, programs_per_sm)
 
 
 def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> GemmPlan:
@@ -155,6 +158,15 @@ def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> Ge
                      num_stages=3, programs_per_sm=1.0)
 
 
+def device_plan(M: int, N: int, G: int, W: int, device: torch.device) -> GemmPlan:
+    """The plan `w8aspike_matmul` uses by default: the tuned table's for this GPU, shape and M if it has one
+    (`tuned_plans`), else `gemm_plan`."""
+    settings = tuned_plans.tuned_settings(M, N, G * GROUP_SIZE, device)
+    if settings is None:
+        return gemm_plan(M, N, G, W, _sm_count(device))
+    return make_plan(M=M, N=N, G=G, W=W, sm_count=_sm_count(device), **settings)
+
+
 def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None,
                     kinds=("gemv", "dot")) -> list[GemmPlan]:
     """The plans `benchmarks/w8aspike_gemm.py --sweep` times for one (M, N, K, W), the default first; all exact.
@@ -162,10 +174,10 @@ def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None,
     sm_count = DEFAULT_SM_COUNT if sm_count is None else sm_count
     plans = [gemm_plan(M, N, G, W, sm_count)]
     if M <= GEMV_MAX_M and "gemv" in kinds:
-        for bn in (8, 16, 32, 64):
-            for gb in (1, 2, 4, 8):
+        for bn in (16, 32, 64):
+            for gb in (1, 2, 4):
                 for num_warps in (2, 4, 8):
-                    if not 16 <= bn * gb * 128 // (32 * num_warps) <= 128:  # int8 codes a thread per step
+                    if not 16 <= bn * gb * 128 // (32 * num_warps) <= 64:  # int8 codes a thread per step
                         continue
                     for pps in (2.0, 4.0):
                         plans.append(make_plan("gemv", M, N, G, W, sm_count, bn=bn, gb=gb, num_warps=num_warps,
@@ -220,11 +232,15 @@ def w8aspike_matmul(
                          f"{tuple(weight.ell_residual.shape)} must both be [{N}, W]")
     W = weight.ell_cols.shape[1]
     if plan is None:
-        plan = gemm_plan(M, N, G, W, _sm_count(s.device))
+        plan = device_plan(M, N, G, W, s.device)
     elif plan.kind == "gemv" and plan.bm < M:
         raise ValueError(f"a GEMV plan for {plan.bm} rows cannot take M = {M}")
+    tiles = -(-M // plan.bm) * -(-N // plan.bn)
+    if plan.splits > 1 and tiles > SPLIT_COUNTERS:
+        raise ValueError(f"a split-K plan with {tiles} output tiles exceeds the {SPLIT_COUNTERS} tile counters")
     y = torch.empty(M, N, dtype=out_dtype, device=s.device)
-    out = y if plan.splits == 1 else torch.empty(plan.splits, M, N, dtype=torch.float32, device=s.device)
+    partials = y if plan.splits == 1 else torch.empty(plan.splits, M, N, dtype=torch.float32, device=s.device)
+    counters = _split_counters(s.device)
     s, vth = s.contiguous(), vth.contiguous()
     codes, sigma = weight.codes.contiguous(), scales.reshape(N, G).contiguous()
     ell_cols, ell_residual = weight.ell_cols.contiguous(), weight.ell_residual.contiguous()
@@ -233,8 +249,8 @@ def w8aspike_matmul(
               "BM": plan.bm, "BN": plan.bn, "num_warps": plan.num_warps, "num_stages": plan.num_stages}
     if plan.kind == "gemv":
         _gemv_kernel()[(triton.cdiv(N, plan.bn), plan.splits)](
-            s, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, out,
-            M, N, W, plan.groups_per_split, plan.ell_per_split,
+            s, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, y, partials, counters,
+            M, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits,
             GB=plan.gb, WB=plan.ell_block, FP32=plan.fp32_products, **common,
         )
     else:
@@ -243,19 +259,24 @@ def w8aspike_matmul(
         flags = torch.zeros(G, dtype=torch.int32, device=s.device)
         _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, d0, s_t, flags, M, K=K, PM=PREP_ROWS, WRITE_T=W > 0)
         _dot_kernel()[(triton.cdiv(M, plan.bm), triton.cdiv(N, plan.bn), plan.splits)](
-            s, d0, s_t, flags, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, out,
-            M, N, W, plan.groups_per_split, plan.ell_per_split, WB=plan.ell_block, **common,
-        )
-    if plan.splits > 1:
-        _reduce_kernel()[(M, triton.cdiv(N, REDUCE_BLOCK))](
-            out, vth, bias_or_y, y, M, N, plan.splits,
-            HAS_BIAS=bias is not None, BLOCK=REDUCE_BLOCK,
+            s, d0, s_t, flags, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, y, partials, counters,
+            M, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits, WB=plan.ell_block, **common,
         )
     return y
 
 
-REDUCE_BLOCK = 256
-"""Outputs per program of the split-K reduction."""
+SPLIT_COUNTERS = 16384
+"""Output tiles a split-K GEMM may have: the size of the per-device count buffer (the default plans split only
+below 4 programs per SM, at most a few hundred tiles)."""
+
+
+@functools.cache
+def _split_counters(device: torch.device) -> torch.Tensor:
+    """The split-K arrival counts, one int32 per output tile, zero between GEMMs (the last split of a tile sets
+    its count back to 0). Shared by every GEMM on the device, so GEMMs must not run concurrently on two streams
+    (the model's forward is one stream); allocated on the first GEMM, which in vLLM is the warm-up before any
+    CUDA graph is captured."""
+    return torch.zeros(SPLIT_COUNTERS, dtype=torch.int32, device=device)
 
 DEFAULT_SM_COUNT = 132
 """SMs assumed off CUDA (the interpreter): an H100 SXM."""
@@ -318,14 +339,15 @@ def _quantize_kernel():
     return spike_quantize_kernel
 
 
-store_tile = ell_slots = None
-"""The GEMMs' shared Triton functions (epilogue, ELL slot loads) that `_define_helpers` puts here (triton is imported
-lazily; the kernels reach them as module globals, which both Triton's compiler and its interpreter resolve)."""
+store_tile = ell_slots = write_y = None
+"""The GEMMs' shared Triton functions (epilogue, ELL slot loads, the write of y) that `_define_helpers` puts here
+(triton is imported lazily; the kernels reach them as module globals, which both Triton's compiler and its
+interpreter resolve)."""
 
 
 @functools.cache
 def _define_helpers() -> None:
-    global store_tile, ell_slots
+    global store_tile, ell_slots, write_y
     import triton
     import triton.language as tl
 
@@ -343,18 +365,37 @@ def _define_helpers() -> None:
         return j, r, sigma, m_ell
 
     @triton.jit
-    def epilogue(out_tile, out, vth, bias, rows, cols, split, M, N, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
-        # A split's fp32 partial [S, M, N] as it is, or (one split) y = vth · tile + b in y's dtype.
+    def write_y(out_tile, y, vth, bias, rows, cols, M, N, HAS_BIAS: tl.constexpr):
+        # y = vth · tile + b, rounded once to y's dtype.
         m_rows, m_cols = rows < M, cols < N
-        mask = m_rows[:, None] & m_cols[None, :]
-        offsets = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        out_tile = tl.load(vth + rows, mask=m_rows, other=0.0)[:, None] * out_tile
+        if HAS_BIAS:
+            out_tile += tl.load(bias + cols, mask=m_cols, other=0.0).to(tl.float32)[None, :]
+        tl.store(y + rows.to(tl.int64)[:, None] * N + cols[None, :], out_tile.to(y.dtype.element_ty),
+                 mask=m_rows[:, None] & m_cols[None, :])
+
+    @triton.jit
+    def epilogue(out_tile, y, partials, counters, vth, bias, rows, cols, tile, split, splits, M, N,
+                 SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
+        # One split: y from the tile. Split-K: store this split's fp32 partial [S, M, N]; count the tile's arrivals
+        # (the barrier orders every thread's stores before the release of the atomic); the last split to arrive
+        # sums the S partials in split order (bypassing L1), writes y and sets the count back to 0.
         if SPLIT:
-            tl.store(out + split.to(tl.int64) * M * N + offsets, out_tile, mask=mask)
+            mask = (rows < M)[:, None] & (cols < N)[None, :]
+            offsets = rows.to(tl.int64)[:, None] * N + cols[None, :]
+            tl.store(partials + split.to(tl.int64) * M * N + offsets, out_tile, mask=mask)
+            tl.debug_barrier()
+            arrived = tl.atomic_add(counters + tile, 1, sem="acq_rel", scope="gpu")
+            if arrived == splits - 1:
+                total = tl.zeros_like(out_tile)
+                p_part = partials + offsets
+                for _ in range(splits):
+                    total += tl.load(p_part, mask=mask, other=0.0, cache_modifier=".cg")
+                    p_part += M * N
+                write_y(total, y, vth, bias, rows, cols, M, N, HAS_BIAS)
+                tl.atomic_xchg(counters + tile, 0, sem="relaxed", scope="gpu")
         else:
-            out_tile = tl.load(vth + rows, mask=m_rows, other=0.0)[:, None] * out_tile
-            if HAS_BIAS:
-                out_tile += tl.load(bias + cols, mask=m_cols, other=0.0).to(tl.float32)[None, :]
-            tl.store(out + offsets, out_tile.to(out.dtype.element_ty), mask=mask)
+            write_y(out_tile, y, vth, bias, rows, cols, M, N, HAS_BIAS)
 
     store_tile, ell_slots = epilogue, load_ell_slots
 
@@ -368,7 +409,8 @@ def _gemv_kernel():
 
     @triton.jit
     def w8aspike_gemv_kernel(
-        s, codes, scales, vth, bias, ell_cols, ell_residual, out, M, N, W, groups_per_split, ell_per_split,
+        s, codes, scales, vth, bias, ell_cols, ell_residual, y, partials, counters,
+        M, N, W, groups_per_split, ell_per_split, splits,
         K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
         FP32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GB: tl.constexpr, WB: tl.constexpr,
     ):
@@ -414,7 +456,8 @@ def _gemv_kernel():
                     spikes = tl.load(s + m * K + j, mask=m_ell & (j * 0 + m < M), other=0)  # [BN, WB] int32
                     contrib = tl.sum((spikes * r).to(tl.float32) * sigma, axis=1)
                     out_tile = tl.where(rows[:, None] == m, out_tile + contrib[None, :], out_tile)
-        store_tile(out_tile, out, vth, bias, rows, cols, split, M, N, SPLIT, HAS_BIAS)
+        store_tile(out_tile, y, partials, counters, vth, bias, rows, cols, tl.program_id(0), split, splits, M, N,
+                   SPLIT, HAS_BIAS)
 
     return w8aspike_gemv_kernel
 
@@ -458,8 +501,8 @@ def _dot_kernel():
 
     @triton.jit
     def w8aspike_dot_kernel(
-        s, d0, s_t, flags, codes, scales, vth, bias, ell_cols, ell_residual, out,
-        M, N, W, groups_per_split, ell_per_split,
+        s, d0, s_t, flags, codes, scales, vth, bias, ell_cols, ell_residual, y, partials, counters,
+        M, N, W, groups_per_split, ell_per_split, splits,
         K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, WB: tl.constexpr,
     ):
@@ -504,28 +547,8 @@ def _dot_kernel():
                                  mask=m_ell[:, :, None] & m_rows[None, None, :], other=0)  # [BN, WB, BM]
                 ell_tile += tl.sum((spikes * r[:, :, None]).to(tl.float32) * sigma[:, :, None], axis=1)
             out_tile += tl.trans(ell_tile)
-        store_tile(out_tile, out, vth, bias, rows, cols, split, M, N, SPLIT, HAS_BIAS)
+        tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        store_tile(out_tile, y, partials, counters, vth, bias, rows, cols, tile, split, splits, M, N, SPLIT,
+                   HAS_BIAS)
 
     return w8aspike_dot_kernel
-
-
-@functools.cache
-def _reduce_kernel():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def split_k_reduce_kernel(partials, vth, bias, y, M, N, splits, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
-        # y[m, n] = vth[m] · Σ_split partials[split, m, n] + b[n] in y's dtype, summed in split order: deterministic.
-        row = tl.program_id(0).to(tl.int64)
-        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        m_cols = cols < N
-        total = tl.zeros([BLOCK], dtype=tl.float32)
-        for split in range(splits):
-            total += tl.load(partials + (split * M + row) * N + cols, mask=m_cols, other=0.0)
-        total = tl.load(vth + row) * total
-        if HAS_BIAS:
-            total += tl.load(bias + cols, mask=m_cols, other=0.0).to(tl.float32)
-        tl.store(y + row * N + cols, total.to(y.dtype.element_ty), mask=m_cols)
-
-    return split_k_reduce_kernel
