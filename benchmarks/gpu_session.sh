@@ -8,8 +8,10 @@
 #   ours-bench the same engine again (warm start twice), vllm bench serve at concurrency 1-256
 #   dense      the same on the dense peer (Qwen2-7B shapes), up to 128K
 #   swa        the same on the sliding-window peer (window 4096 on every layer), up to 1M
-#   w8aspike   W8ASpike linears against bf16 on every 7B shape (M 1 to 4096), then a dot-plan sweep at M 16 and 64
-#   w8aspike-tests  the W8ASpike GPU tests alone
+#   w8aspike   W8ASpike linears at M = 1 with the previous code (benchmarks/scratch/before, if carried) and with the
+#              default plans; a GEMV sweep at M = 1 on every 7B shape, whose winners become the plan table that later
+#              steps use (/var/tmp/w8aspike_plans.json); then every shape against bf16 at M 1 to 4096 with it
+#   w8aspike-tests  the W8ASpike GPU tests alone (four processes at once: Triton compiling dominates)
 #   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike (TTFT and decode at 4K to 128K)
 #   bf16-serve the same on SpikingBrain-7B bf16: w8aspike-serve's baseline, run in the same session
 #   capacity [MODEL [N [LENGTH]]]  N (default 64) requests of LENGTH (default 32768) tokens at once in an 8 GiB KV
@@ -30,6 +32,8 @@ export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHI
 [ -n "${INSTALLED:-}" ] || python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 tuned=/var/tmp/fla_configs.json  # written by the tune step on this host: pinned by every later step
 [ -f "$tuned" ] && export NEURONCHIP_FLA_CONFIGS="$tuned"
+plans=/var/tmp/w8aspike_plans.json  # written by the w8aspike step's sweep on this host: used by every later step
+[ -f "$plans" ] && export NEURONCHIP_W8ASPIKE_PLANS="$plans"
 
 summary() { grep -E "^(FAILED|ERROR)|passed|failed|^\[|Error" "$1" | tail -25; }
 serving() {  # model, timeout, serving.py arguments
@@ -62,14 +66,27 @@ case "$step" in
   ours-bench) serving spikingbrain 580 --lengths 1024 --decode-only --warm-restart ;;
   dense) serving dense-peer 580 --lengths 4096 32768 131072 --decode-only 1024 ;;
   swa) serving swa-peer 580 "${long[@]}" ;;
-  w8aspike)  # every 7B shape against bf16 at decode and prefill sizes, then dot plans (blocked ELL too) at M 16, 64
-    timeout 330 python3 benchmarks/w8aspike_gemm.py --m 1 16 64 4096 --out "$out" > "$out/w8aspike_gemm.log" 2>&1
-    timeout 250 python3 benchmarks/w8aspike_gemm.py --sweep --m 16 64 --shapes qkv_proj gate_up_proj --kinds dot \
-      --max-plans 24 --verbose --out "$out" > "$out/w8aspike_sweep.log" 2>&1
-    tail -25 "$out/w8aspike_gemm.log"; tail -8 "$out/w8aspike_sweep.log" ;;
+  w8aspike)  # M = 1 before / default / swept; then every 7B shape against bf16 at decode and prefill sizes
+    if [ -d benchmarks/scratch/before ]; then  # the previous commit's code, carried as a worktree
+      (cd benchmarks/scratch/before && PYTHONPATH="$PWD:$PYTHONPATH" timeout 90 python3 benchmarks/w8aspike_gemm.py \
+        --m 1 --out "$out/before") > "$out/w8aspike_before.log" 2>&1
+    fi
+    NEURONCHIP_W8ASPIKE_PLANS=/no-table timeout 60 python3 benchmarks/w8aspike_gemm.py --m 1 --out "$out/default" \
+      > "$out/w8aspike_default.log" 2>&1
+    timeout 260 python3 benchmarks/w8aspike_gemm.py --sweep --m 1 --kinds gemv --verbose --out "$out" \
+      > "$out/w8aspike_sweep.log" 2>&1 && cp "$out/w8aspike_plans.json" "$plans"
+    NEURONCHIP_W8ASPIKE_PLANS="$plans" timeout 150 python3 benchmarks/w8aspike_gemm.py --m 1 16 64 4096 --out "$out" \
+      > "$out/w8aspike_gemm.log" 2>&1
+    grep -h "M=    1" "$out/w8aspike_before.log" "$out/w8aspike_default.log"; grep "M=    1" "$out/w8aspike_sweep.log"
+    tail -22 "$out/w8aspike_gemm.log" ;;
   w8aspike-tests)  # the W8ASpike ops on the GPU against the naive reference (every candidate plan: the sweep's)
-    timeout 300 python3 -m pytest -q -m gpu tests/ops/test_w8aspike_ops.py -k "not every_candidate" \
-      -p no:cacheprovider -W ignore > "$out/gpu_w8aspike_tests.log" 2>&1; summary "$out/gpu_w8aspike_tests.log" ;;
+    parts=("split_k_and_ell and (128-40 or 384-40)" "split_k_and_ell and (3584-512 or 3584-4608)"
+           "split_k_and_ell and 18944-" "not split_k_and_ell and not every_candidate")
+    for i in "${!parts[@]}"; do
+      timeout 400 python3 -m pytest -q -m gpu tests/ops/test_w8aspike_ops.py -k "${parts[$i]}" -p no:cacheprovider \
+        -W ignore > "$out/gpu_w8aspike_tests_$i.log" 2>&1 &
+    done
+    wait; for i in "${!parts[@]}"; do summary "$out/gpu_w8aspike_tests_$i.log"; done ;;
   w8aspike-serve) serving spikingbrain-w8aspike 580 --lengths 4096 32768 131072 --decode-only 1024 ;;
   bf16-serve) serving spikingbrain 580 --lengths 4096 32768 131072 --decode-only 1024 ;;  # w8aspike-serve's baseline
   capacity) serving "${2:-spikingbrain}" 580 --lengths 4096 --decode-only --concurrency \

@@ -72,6 +72,7 @@ def main() -> None:
     import torch
     import triton
 
+    from vllm_neuronchip.ops import gpu_tables
     from vllm_neuronchip.ops.gla import fla_configs
 
     gpu = torch.cuda.get_device_name()
@@ -79,7 +80,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tune-fla-"))
     tuned = run_child("autotune", args, work, {"NEURONCHIP_FLA_AUTOTUNE": "1"})
     table = json.loads(fla_configs.TABLE.read_text())
-    table[gpu] = {"triton": triton.__version__, "arch": fla_configs.device_arch(), "tuned_at": shapes,
+    table[gpu] = {"triton": triton.__version__, "arch": gpu_tables.device_arch(), "tuned_at": shapes,
                   "kernels": tuned["winners"]}
     (args.out / "fla_configs.json").write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     pinned = run_child("pinned", args, work, {"NEURONCHIP_FLA_CONFIGS": str(args.out / "fla_configs.json")})

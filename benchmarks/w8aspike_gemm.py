@@ -12,7 +12,10 @@ median over replays (CUDA events) divided by `calls`. Outputs are first checked 
 `--sweep` instead times every plan of `triton_kernels.candidate_plans` (GEMV tiles/warps/splits for M <= 16, int8
 dot tiles/warps/stages/splits for any M; `--kinds` picks) in the same linear (quantizer + GEMM with that plan), on
 the overflow layer, after checking each plan's output against the naive reference; it reports the best plan per
-shape and M next to the default `gemm_plan` and bf16, so one GPU call picks the plans to hard-code:
+shape and M next to the default `gemm_plan` and bf16. The winners that beat the default by more than
+`TUNED_MARGIN` go into `w8aspike_plans.json` in --out (merged with one already there), a table for
+`vllm_neuronchip/ops/w8aspike/tuned_plans.py`: NEURONCHIP_W8ASPIKE_PLANS=that file makes the plugin use it, and
+its entry copied into `tuned_plans.json` makes it the default for this GPU model:
 
     python benchmarks/w8aspike_gemm.py --sweep --m 1 16 64 256 --out benchmarks/results/w8aspike_sweep
 """
@@ -38,6 +41,7 @@ M_VALUES = (1, 8, 16, 256, 4096)
 K_SPIKE = 3.0
 DEVICE = "cuda"
 COPY_BYTES = 256 << 20  # weight bytes cycled through per graph: well past the 50 MB L2 of an H100
+TUNED_MARGIN = 0.03  # a swept plan enters the tuned table only if at least 3% faster than the default
 
 
 def synthetic_layer(N, K, device, seed):
@@ -167,9 +171,10 @@ def sweep(args, device):
             ok = [t for t in timings if "s" in t]
             best = min(ok, key=lambda t: t["s"]) if ok else None
             default_s = next((t["s"] for t in ok if t["plan"] == dataclasses.asdict(default)), None)
+            tuned = bool(best and default_s and best["s"] < (1 - TUNED_MARGIN) * default_s)
             rows.append({"shape": name, "M": M, "N": N, "K": K, "ell_width": W, "bf16_s": bf16_s,
                          "default_plan": dataclasses.asdict(default), "default_s": default_s, "best": best,
-                         "plans": timings})
+                         "tuned": tuned, "plans": timings})
             if best:
                 print(f"{name:13s} M={M:5d}  bf16 {bf16_s * 1e6:8.1f} us  default "
                       f"{(default_s or math.nan) * 1e6:8.1f} us  best {best['s'] * 1e6:8.1f} us "
@@ -177,6 +182,27 @@ def sweep(args, device):
         del w_copies, s_copies, b_copies, weight, w_bf16
         torch.cuda.empty_cache()
     return rows
+
+
+def write_tuned_table(rows, path: Path, device) -> dict:
+    """Merge the sweep's tuned winners (rows with "tuned") into the table at `path` under this GPU's name."""
+    import torch
+    import triton
+
+    from vllm_neuronchip.ops import gpu_tables
+    from vllm_neuronchip.ops.w8aspike.tuned_plans import PLAN_SETTINGS
+
+    table = json.loads(path.read_text()) if path.exists() else {}
+    entry = table.setdefault(torch.cuda.get_device_name(device), {"plans": {}})
+    entry.update(arch=gpu_tables.device_arch(device), triton=triton.__version__,
+                 measured_by="benchmarks/w8aspike_gemm.py --sweep (quantizer + GEMM, CUDA graphs)")
+    for row in rows:
+        if row["tuned"]:
+            plan = row["best"]["plan"]
+            entry["plans"].setdefault(f"{row['N']}x{row['K']}", {})[str(row["M"])] = {
+                k: plan[k] for k in PLAN_SETTINGS}
+    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    return table
 
 
 def compare(args, device):
@@ -220,8 +246,7 @@ def compare(args, device):
                 row[f"{label}_weight_bytes"] = ours_bytes
                 row[f"{label}_weight_GBps"] = ours_bytes / row[f"{label}_s"] / 1e9
                 row[f"{label}_speedup_vs_bf16"] = row["bf16_s"] / row[f"{label}_s"]
-            plan = triton_kernels.gemm_plan(M, N, K // 128, full.ell_cols.shape[1],
-                                            triton_kernels._sm_count(device))
+            plan = triton_kernels.device_plan(M, N, K // 128, full.ell_cols.shape[1], device)
             row["plan"] = dataclasses.asdict(plan)
             rows.append(row)
             print(f"{name:13s} M={M:5d}  bf16 {row['bf16_s'] * 1e6:9.1f} us  ours {row['overflow_s'] * 1e6:9.1f} us "
@@ -323,6 +348,9 @@ def main():
         name = "w8aspike_sweep.json" if args.sweep else "w8aspike_gemm.json"
         (args.out / name).write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {args.out / name}")
+        if args.sweep:
+            write_tuned_table(results, args.out / "w8aspike_plans.json", device)
+            print(f"wrote {args.out / 'w8aspike_plans.json'}: {sum(r['tuned'] for r in results)} tuned plans")
 
 
 if __name__ == "__main__":

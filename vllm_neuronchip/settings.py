@@ -35,6 +35,10 @@ class NeuronChipSettings(BaseSettings):
         None, description="A table of pinned fla configs to use instead of ops/gla/fla_configs.json "
         "(benchmarks/tune_fla.py writes one).",
     )
+    w8aspike_plans: str | None = Field(
+        None, description="A table of W8ASpike GEMM plans to use instead of ops/w8aspike/tuned_plans.json "
+        "(benchmarks/w8aspike_gemm.py --sweep writes one).",
+    )
     spike_stats: bool = Field(
         True, description="Accumulate per-layer spike statistics of W8ASpike GEMM inputs (spike_recorder.py)."
     )

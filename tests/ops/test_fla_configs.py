@@ -7,6 +7,7 @@ import types
 
 import pytest
 
+from vllm_neuronchip.ops import gpu_tables
 from vllm_neuronchip.ops.gla import fla_configs
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
@@ -65,9 +66,9 @@ def test_a_gpu_missing_from_the_table_borrows_an_entry_of_the_same_architecture(
     table = tmp_path / "table.json"
     table.write_text(json.dumps({"GPU A": {"arch": SM90, "kernels": {}},
                                  "GPU C": {"arch": {"capability": "9.0", "sm_count": 114}, "kernels": {}}}))
-    assert fla_configs.entry_for("GPU B", SM90, table)[0] == "GPU A"
-    assert fla_configs.entry_for("GPU B", {"capability": "9.0", "sm_count": 114}, table)[0] == "GPU C"
-    assert fla_configs.entry_for("GPU B", {"capability": "9.0", "sm_count": 78}, table) == (None, {})
+    assert gpu_tables.entry_for("GPU B", SM90, table)[0] == "GPU A"
+    assert gpu_tables.entry_for("GPU B", {"capability": "9.0", "sm_count": 114}, table)[0] == "GPU C"
+    assert gpu_tables.entry_for("GPU B", {"capability": "9.0", "sm_count": 78}, table) == (None, {})
 
 
 def test_packaged_table_is_well_formed():

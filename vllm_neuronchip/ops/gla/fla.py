@@ -50,6 +50,7 @@ def _chunk_gla():
     """fla's chunk_gla, its autotuners pinned to this GPU's configs (fla_configs.py) unless settings say autotune."""
     from fla.ops.gla import chunk_gla
 
+    from vllm_neuronchip.ops import gpu_tables
     from vllm_neuronchip.ops.gla import fla_configs
     from vllm_neuronchip.settings import get_settings
 
@@ -57,7 +58,7 @@ def _chunk_gla():
     if not settings.fla_autotune:
         table = Path(settings.fla_configs) if settings.fla_configs else fla_configs.TABLE
         gpu = torch.cuda.get_device_name()
-        entry, pinned = fla_configs.pin(gpu, fla_configs.device_arch(), table)
+        entry, pinned = fla_configs.pin(gpu, gpu_tables.device_arch(), table)
         logger.info("fla GLA kernels on %s: %d autotuned kernels pinned to the %s entry of %s",
                     gpu, len(pinned), entry, table)
     return chunk_gla

@@ -5,13 +5,13 @@ the prefill kernels), which dominates a cold engine start. `benchmarks/tune_fla.
 model at the SpikingBrain-7B shapes and records the winners in `fla_configs.json`; `pin` narrows each of
 fla's autotuners to its winner, so a cold start compiles one config per kernel. Any config gives the same
 result (the tune script checks this). A GPU missing from the table borrows the entry of a GPU with the same
-architecture (compute capability and SM count: the H100 SXM and the H200 share sm_90 with 132 SMs, and differ
-in memory only); other GPUs autotune as before.
+architecture (`gpu_tables.entry_for`); other GPUs autotune as before.
 """
 
-import json
 import sys
 from pathlib import Path
+
+from vllm_neuronchip.ops.gpu_tables import entry_for
 
 TABLE = Path(__file__).with_name("fla_configs.json")
 
@@ -45,15 +45,6 @@ def winners() -> dict[str, dict]:
     }
 
 
-def entry_for(gpu_name: str, arch: dict, table: Path = TABLE) -> tuple[str | None, dict]:
-    """(name, entry) of the table for this GPU model, else for one of the same `arch` ({"capability": "9.0",
-    "sm_count": 132}), else (None, {})."""
-    entries = json.loads(table.read_text()) if table.exists() else {}
-    if gpu_name in entries:
-        return gpu_name, entries[gpu_name]
-    return next(((name, entry) for name, entry in entries.items() if entry.get("arch") == arch), (None, {}))
-
-
 def pin(gpu_name: str, arch: dict, table: Path = TABLE) -> tuple[str | None, list[str]]:
     """Narrow fla's autotuners to the configs of `entry_for` this GPU; returns the entry used and the kernels
     pinned."""
@@ -65,12 +56,3 @@ def pin(gpu_name: str, arch: dict, table: Path = TABLE) -> tuple[str | None, lis
     for kernel in pinned:
         tuners[kernel].configs = [triton.Config(**configs[kernel])]
     return name, pinned
-
-
-def device_arch() -> dict:
-    """{"capability": "major.minor", "sm_count": SMs} of the current CUDA device: what GPUs sharing an entry must
-    match."""
-    import torch
-
-    properties = torch.cuda.get_device_properties()
-    return {"capability": f"{properties.major}.{properties.minor}", "sm_count": properties.multi_processor_count}

@@ -1,0 +1,36 @@
+"""W8ASpike GEMM plans measured per GPU model, used instead of the arithmetic default of `gemm_plan`.
+
+`benchmarks/w8aspike_gemm.py --sweep` times every candidate plan of a projection shape at some M on one GPU and
+writes the winners that beat the default into a table in the format of `tuned_plans.json`: per GPU model its
+architecture and, per "NxK" shape and M, the plan's tile settings (`make_plan` arguments; the split count is
+derived again from the layer's own ELL width). A GPU missing from the table borrows the entry of one of the same
+architecture (`gpu_tables.entry_for`); shapes or M not in the entry keep the default plan. Every plan is exact,
+so a table changes speed only."""
+
+import functools
+from pathlib import Path
+
+TABLE = Path(__file__).with_name("tuned_plans.json")
+
+PLAN_SETTINGS = ("kind", "bm", "bn", "gb", "num_warps", "num_stages", "fp32_products", "programs_per_sm", "ell_block")
+"""The `make_plan` arguments a table stores for one plan."""
+
+
+def tuned_settings(M: int, N: int, K: int, device) -> dict | None:
+    """The table's plan settings for s [M, K] times codes [N, K] on this CUDA device, or None (keep the default)."""
+    if device.type != "cuda":
+        return None
+    return _device_plans(device.index).get(f"{N}x{K}", {}).get(str(M))
+
+
+@functools.cache
+def _device_plans(index: int | None) -> dict:
+    import torch
+
+    from vllm_neuronchip.ops import gpu_tables
+    from vllm_neuronchip.settings import get_settings
+
+    path = get_settings().w8aspike_plans
+    table = Path(path) if path else TABLE
+    _, entry = gpu_tables.entry_for(torch.cuda.get_device_name(index), gpu_tables.device_arch(index), table)
+    return entry.get("plans", {})
