@@ -73,9 +73,9 @@ case "$step" in
     fi
     NEURONCHIP_W8ASPIKE_PLANS=/no-table timeout 60 python3 benchmarks/w8aspike_gemm.py --m 1 --out "$out/default" \
       > "$out/w8aspike_default.log" 2>&1
-    timeout 260 python3 benchmarks/w8aspike_gemm.py --sweep --m 1 --kinds gemv --verbose --out "$out" \
+    timeout 330 python3 benchmarks/w8aspike_gemm.py --sweep --m 1 --kinds gemv --verbose --out "$out" \
       > "$out/w8aspike_sweep.log" 2>&1 && cp "$out/w8aspike_plans.json" "$plans"
-    NEURONCHIP_W8ASPIKE_PLANS="$plans" timeout 150 python3 benchmarks/w8aspike_gemm.py --m 1 16 64 4096 --out "$out" \
+    NEURONCHIP_W8ASPIKE_PLANS="$plans" timeout 130 python3 benchmarks/w8aspike_gemm.py --m 1 16 64 4096 --out "$out" \
       > "$out/w8aspike_gemm.log" 2>&1
     grep -h "M=    1" "$out/w8aspike_before.log" "$out/w8aspike_default.log"; grep "M=    1" "$out/w8aspike_sweep.log"
     tail -22 "$out/w8aspike_gemm.log" ;;

@@ -148,8 +148,9 @@ def check_matmul(M, K, N, with_bias, device="cpu", overflow="1%", outliers=True,
 
 def plan_variants(M, N, G, W):
     """Non-default plans that stress the masks and splits: GEMV (if M <= 16) with whole-step and partial-step
-    splits, a code tile wider than N, fp32 products; the dot path with several M tiles and split-K, ELL slots
-    gathered four at a time, and one tile without splits (also at M <= 16, which it handles as well)."""
+    splits, a code tile wider than N, fp32 products, the next code tile prefetched with pipelined loads; the dot
+    path with several M tiles and split-K, ELL slots gathered four at a time, and one tile without splits (also at
+    M <= 16, which it handles as well)."""
     make = triton_kernels.make_plan
     plans = []
     if M <= triton_kernels.GEMV_MAX_M:
@@ -157,6 +158,7 @@ def plan_variants(M, N, G, W):
             make("gemv", M, N, G, W, 132, bn=32, gb=4, num_warps=8),  # one step over all groups, masked tail
             make("gemv", M, N, G, W, 132, bn=8, gb=2, programs_per_sm=100),  # splits of 2 groups, ELL split
             make("gemv", M, N, G, W, 132, bn=16, gb=1, fp32_products=True, programs_per_sm=100),
+            make("gemv", M, N, G, W, 132, bn=16, gb=2, num_stages=3, prefetch=True, programs_per_sm=4),
         ]
     plans += [
         make("dot", M, N, G, W, 132, bm=16, bn=32, programs_per_sm=100),  # a split per group

@@ -5,9 +5,11 @@ Two GEMM paths, picked by `gemm_plan` from the shapes alone (no autotuning, no h
 
 * "gemv" (batch-1 decode; the default up to `GEMV_DEFAULT_MAX_M` rows, possible up to 16): no tensor cores. A
   program owns BN output rows and a range of K groups; each step loads a [BN, GB, 128] tile of int8 codes (GB groups
-  at once, K-contiguous), and for every row m of s (a statically unrolled loop over the M rows, padded to a power of
-  two) multiplies the int32 spike counts by the codes, sums each 128-group exactly (int32, or fp32 where every
-  partial sum is an integer below 2^24) and applies σ per group in fp32. Counts beyond ±127 need nothing special:
+  at once, K-contiguous; with `prefetch` the next step's tile is requested before this one is used; with
+  num_stages > 1 Triton pipelines the small loads of s and σ through shared memory), and for every row m of s (a
+  statically unrolled loop over the M rows, padded to a power of two) multiplies the int32 spike counts by the
+  codes, sums each 128-group exactly (int32, or fp32 where every partial sum is an integer below 2^24) and applies
+  σ per group in fp32. Counts beyond ±127 need nothing special:
   s·c is a plain integer product.
 * "dot" (any M, the default beyond `GEMV_DEFAULT_MAX_M`): int8 tensor-core dots. A small prep kernel turns s into
   int8 digits d0 [M, K] (d0 = s where |s| <= 127, else the low balanced base-128 digit) and per-group flags (the
@@ -105,6 +107,7 @@ class GemmPlan:
     num_stages: int = 2
     fp32_products: bool = False  # gemv: products and group sums in fp32 (exact under check_exact_fp32_residual)
     programs_per_sm: float = 2.0  # the grid `make_plan` aimed at when it chose `splits`
+    prefetch: bool = False  # gemv: load the next step's code tile before this step's arithmetic
 
     def programs(self, M: int, N: int) -> int:
         """Programs of the GEMM's grid for s [M, K] and N outputs."""
@@ -113,7 +116,7 @@ class GemmPlan:
 
 def make_plan(kind: str, M: int, N: int, G: int, W: int, sm_count: int, *, bn: int, bm: int = 0, gb: int = 1,
               num_warps: int = 4, num_stages: int = 2, fp32_products: bool = False,
-              programs_per_sm: float = 2.0, ell_block: int = 0) -> GemmPlan:
+              programs_per_sm: float = 2.0, ell_block: int = 0, prefetch: bool = False) -> GemmPlan:
     """A plan with the given tiles whose split-K S is the smallest that gives at least `programs_per_sm` · SMs
     programs (as far as G allows): S = ceil(G / groups_per_split) with groups_per_split a multiple of gb.
     `ell_block` 0: the default ELL step, 16 or 8 slots for the GEMV, 1 for the dot path."""
@@ -132,14 +135,15 @@ def make_plan(kind: str, M: int, N: int, G: int, W: int, sm_count: int, *, bn: i
     if not ell_block:
         ell_block = (16 if bn <= 32 else 8) if kind == "gemv" else 1
     return GemmPlan(kind, bm, bn, gb, splits, groups_per_split, -(-W // splits) if W else 0, ell_block,
-                    num_warps, num_stages, fp32_products, programs_per_sm)
+                    num_warps, num_stages, fp32_products, programs_per_sm, prefetch)
 
 
 def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> GemmPlan:
     """The default plan: deterministic arithmetic on the shapes (no autotuning at run time, no host sync).
 
     M <= `GEMV_DEFAULT_MAX_M`, the GEMV path: the first (BN, GB) of `GEMV_TILES` whose tiles x steps reach
-    2 · SMs programs, then split-K to `GEMV_PROGRAMS_PER_SM` · SMs programs; 4 warps, 2 stages, int32 products.
+    2 · SMs programs, then split-K to `GEMV_PROGRAMS_PER_SM` · SMs programs; 4 warps, int32 products, no
+    prefetch or pipelining.
     Beyond, the int8 tensor-core path, BN 128 (64 for N <= 1024), 3 stages: M <= 16, BM 16, 4 warps, split-K to
     two programs per SM (the H100 sweep's best at M = 16); else BM 64 (M <= 64) or 128, 8 warps, split-K to one
     program per SM."""
@@ -148,7 +152,7 @@ def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> Ge
         for bn, gb in GEMV_TILES:
             if -(-N // bn) * -(-G // gb) >= 2 * sm_count:
                 break
-        return make_plan("gemv", M, N, G, W, sm_count, bn=bn, gb=gb, num_warps=4, num_stages=2,
+        return make_plan("gemv", M, N, G, W, sm_count, bn=bn, gb=gb, num_warps=4, num_stages=1,
                          programs_per_sm=GEMV_PROGRAMS_PER_SM)
     bn = 64 if N <= 1024 else 128
     if M <= GEMV_MAX_M:
@@ -176,14 +180,14 @@ def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None,
     if M <= GEMV_MAX_M and "gemv" in kinds:
         for bn in (16, 32, 64):
             for gb in (1, 2, 4):
-                for num_warps in (2, 4, 8):
+                for num_warps in (4, 8):
                     if not 16 <= bn * gb * 128 // (32 * num_warps) <= 64:  # int8 codes a thread per step
                         continue
-                    for pps in (2.0, 4.0):
+                    for pps, prefetch in ((2.0, False), (4.0, False), (4.0, True)):
                         plans.append(make_plan("gemv", M, N, G, W, sm_count, bn=bn, gb=gb, num_warps=num_warps,
-                                               programs_per_sm=pps))
+                                               num_stages=1, programs_per_sm=pps, prefetch=prefetch))
         base = plans[0]
-        plans += [replace(base, fp32_products=True), replace(base, num_stages=3), replace(base, num_stages=1)]
+        plans += [replace(base, fp32_products=True), replace(base, num_stages=2), replace(base, num_stages=3)]
     for bm in ((16, 32, 64) if M <= 64 else (64, 128)) if "dot" in kinds else ():
         for bn in (32, 64, 128, 256):
             if bm * bn > 128 * 256:
@@ -251,7 +255,8 @@ def w8aspike_matmul(
         _gemv_kernel()[(triton.cdiv(N, plan.bn), plan.splits)](
             s, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, y, partials, counters,
             M, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits,
-            GB=plan.gb, WB=plan.ell_block, FP32=plan.fp32_products, **common,
+            GB=plan.gb, WB=plan.ell_block, FP32=plan.fp32_products, STAGES=plan.num_stages, PREFETCH=plan.prefetch,
+            **common,
         )
     else:
         d0 = torch.empty(M, K, dtype=torch.int8, device=s.device)
@@ -413,6 +418,7 @@ def _gemv_kernel():
         M, N, W, groups_per_split, ell_per_split, splits,
         K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
         FP32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GB: tl.constexpr, WB: tl.constexpr,
+        STAGES: tl.constexpr, PREFETCH: tl.constexpr,
     ):
         # One program per BN output rows and split of K, all M (<= BM) rows of s. Each step: a [BN, GB, 128] int8
         # code tile (GB whole groups, K-contiguous), reused by every row m of s; the products are exact integers
@@ -430,9 +436,17 @@ def _gemv_kernel():
         out_tile = tl.zeros([BM, BN], dtype=tl.float32)
         g_start = split * groups_per_split
         g_end = tl.minimum(g_start + groups_per_split, G)
-        for g0 in range(g_start, g_end, GB):
+        if PREFETCH:  # the next step's code tile is loaded before this step's arithmetic: two tiles in flight
+            c_next = tl.load(p_codes + g_start * 128,
+                             mask=m_cols[:, None, None] & ((g_start + gi) < g_end)[None, :, None], other=0)
+        for g0 in tl.range(g_start, g_end, GB, num_stages=STAGES):
             m_g = (g0 + gi) < g_end
-            c = tl.load(p_codes + g0 * 128, mask=m_cols[:, None, None] & m_g[None, :, None], other=0)
+            if PREFETCH:
+                c = c_next
+                c_next = tl.load(p_codes + (g0 + GB) * 128,
+                                 mask=m_cols[:, None, None] & ((g0 + GB + gi) < g_end)[None, :, None], other=0)
+            else:
+                c = tl.load(p_codes + g0 * 128, mask=m_cols[:, None, None] & m_g[None, :, None], other=0)
             sigma = tl.load(p_sigma + g0, mask=m_cols[:, None] & m_g[None, :], other=0.0)
             if FP32:
                 c = c.to(tl.float32)
