@@ -178,7 +178,7 @@ def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None,
     sm_count = DEFAULT_SM_COUNT if sm_count is None else sm_count
     plans = [gemm_plan(M, N, G, W, sm_count)]
     if M <= GEMV_MAX_M and "gemv" in kinds:
-        for bn in (16, 32, 64):
+        for bn in (16, 32, 64, 128):
             for gb in (1, 2, 4):
                 for num_warps in (4, 8):
                     if not 16 <= bn * gb * 128 // (32 * num_warps) <= 64:  # int8 codes a thread per step
