@@ -26,6 +26,8 @@ def tuned_settings(M: int, N: int, K: int, device) -> dict | None:
 
 @functools.cache
 def _device_plans(index: int | None) -> dict:
+    import logging
+
     import torch
 
     from vllm_neuronchip.ops import gpu_tables
@@ -33,5 +35,10 @@ def _device_plans(index: int | None) -> dict:
 
     path = get_settings().w8aspike_plans
     table = Path(path) if path else TABLE
-    _, entry = gpu_tables.entry_for(torch.cuda.get_device_name(index), gpu_tables.device_arch(index), table)
-    return entry.get("plans", {})
+    gpu = torch.cuda.get_device_name(index)
+    name, entry = gpu_tables.entry_for(gpu, gpu_tables.device_arch(index), table)
+    plans = entry.get("plans", {})
+    logging.getLogger("vllm.neuronchip.w8aspike").info(
+        "W8ASpike GEMM plans on %s: %d tuned (shape, M) from the %s entry of %s, the default plan elsewhere",
+        gpu, sum(map(len, plans.values())), name, table)
+    return plans
