@@ -84,15 +84,12 @@ def test_w8aspike_kernels_compile(monkeypatch, M, N, K, overflow, with_bias, out
     x = torch.randn(M, K).bfloat16()
 
     s, vth, bias = torch.zeros(M, K, dtype=torch.int32), torch.ones(M, 1), bias if with_bias else None
-    blocked_ell = triton_kernels.make_plan("dot", M, N, K // 128, weight.ell_cols.shape[1], 132, bm=16, bn=64,
-                                           ell_block=8)
     prefetching = triton_kernels.make_plan("gemv", M, N, K // 128, weight.ell_cols.shape[1], 132, bn=32, gb=2,
                                            num_stages=3, prefetch=True)
 
     def linear():
         triton_kernels.spike_quantize(x, 3.0)
         triton_kernels.w8aspike_matmul(s, vth, weight, scales, bias, out_dtype=out_dtype)
-        triton_kernels.w8aspike_matmul(s, vth, weight, scales, bias, plan=blocked_ell, out_dtype=out_dtype)
         if M <= triton_kernels.GEMV_MAX_M:
             triton_kernels.w8aspike_matmul(s, vth, weight, scales, bias, plan=prefetching, out_dtype=out_dtype)
 

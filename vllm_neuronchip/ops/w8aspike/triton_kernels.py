@@ -102,7 +102,7 @@ class GemmPlan:
     splits: int  # S: programs along K for one output tile
     groups_per_split: int  # 128-groups per split, a multiple of gb (the last split may have fewer)
     ell_per_split: int  # ELL columns per split
-    ell_block: int  # ELL columns per step of a program's ELL loop
+    ell_block: int  # gemv: ELL columns per step of a program's ELL loop (the dot path takes one at a time)
     num_warps: int = 4
     num_stages: int = 2
     fp32_products: bool = False  # gemv: products and group sums in fp32 (exact under check_exact_fp32_residual)
@@ -119,13 +119,13 @@ def make_plan(kind: str, M: int, N: int, G: int, W: int, sm_count: int, *, bn: i
               programs_per_sm: float = 2.0, ell_block: int = 0, prefetch: bool = False) -> GemmPlan:
     """A plan with the given tiles whose split-K S is the smallest that gives at least `programs_per_sm` · SMs
     programs (as far as G allows): S = ceil(G / groups_per_split) with groups_per_split a multiple of gb.
-    `ell_block` 0: the default ELL step, 16 or 8 slots for the GEMV, 1 for the dot path."""
+    `ell_block` 0: the GEMV's default ELL step, 16 or 8 slots (1 for the dot path, which takes one at a time)."""
     if kind == "gemv":
         bm = _next_power_of_2(M)
     elif kind != "dot":
         raise ValueError(f"unknown GEMM kind {kind!r}")
     else:
-        gb = 1
+        gb, ell_block = 1, 1
     tiles = -(-M // bm) * -(-N // bn)
     wanted = -(-int(programs_per_sm * sm_count) // tiles)
     steps = -(-G // gb)
@@ -133,7 +133,7 @@ def make_plan(kind: str, M: int, N: int, G: int, W: int, sm_count: int, *, bn: i
     groups_per_split = min(steps_per_split * gb, G) if steps_per_split < steps else G
     splits = -(-G // groups_per_split)
     if not ell_block:
-        ell_block = (16 if bn <= 32 else 8) if kind == "gemv" else 1
+        ell_block = 16 if bn <= 32 else 8
     return GemmPlan(kind, bm, bn, gb, splits, groups_per_split, -(-W // splits) if W else 0, ell_block,
                     num_warps, num_stages, fp32_products, programs_per_sm, prefetch)
 
@@ -198,8 +198,6 @@ def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None,
                 for pps in (1.0, 2.0):
                     plans.append(make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=num_warps,
                                            num_stages=num_stages, programs_per_sm=pps))
-                    if W and bm * bn <= 4096 and (num_warps, num_stages) == (4, 3):  # ELL slots gathered at once
-                        plans.append(replace(plans[-1], ell_block=min(8, 8192 // (bm * bn))))
     return list(dict.fromkeys(plans))  # without repeats, in order
 
 
@@ -265,7 +263,7 @@ def w8aspike_matmul(
         _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, d0, s_t, flags, M, K=K, PM=PREP_ROWS, WRITE_T=W > 0)
         _dot_kernel()[(triton.cdiv(M, plan.bm), triton.cdiv(N, plan.bn), plan.splits)](
             s, d0, s_t, flags, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, y, partials, counters,
-            M, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits, WB=plan.ell_block, **common,
+            M, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits, **common,
         )
     return y
 
@@ -345,9 +343,9 @@ def _quantize_kernel():
 
 
 store_tile = ell_slots = write_y = None
-"""The GEMMs' shared Triton functions (epilogue, ELL slot loads, the write of y) that `_define_helpers` puts here
-(triton is imported lazily; the kernels reach them as module globals, which both Triton's compiler and its
-interpreter resolve)."""
+"""Triton functions of the GEMMs (the epilogue and write of y of both, the GEMV's ELL slot loads) that
+`_define_helpers` puts here (triton is imported lazily; the kernels reach them as module globals, which both
+Triton's compiler and its interpreter resolve)."""
 
 
 @functools.cache
@@ -518,7 +516,7 @@ def _dot_kernel():
         s, d0, s_t, flags, codes, scales, vth, bias, ell_cols, ell_residual, y, partials, counters,
         M, N, W, groups_per_split, ell_per_split, splits,
         K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
-        BM: tl.constexpr, BN: tl.constexpr, WB: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr,
     ):
         # One program per [BM, BN] tile of y and split of K; one int8 dot [BM, 128] x [128, BN] per group. Where the
         # prep kernel flagged the group (some |s| > 127 in it, any row), the higher digits of s are recomputed from
@@ -549,17 +547,18 @@ def _dot_kernel():
             sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
             out_tile += acc.to(tl.float32) * sigma[None, :]
         if HAS_ELL:
-            # ELL pieces, WB column slots at a time for the BN output rows: s[rows, j] gathered from sᵀ
-            # (contiguous over rows), times r (exact int32), times σ[n, j // 128]; summed over the WB slots and
-            # accumulated as [BN, BM]. WB > 1 issues WB gathers at once instead of one dependent step each.
-            w_start = split * ell_per_split
-            w_end = tl.minimum(w_start + ell_per_split, W)
+            # ELL pieces, one column slot at a time for the BN output rows: s[rows, j] gathered from sᵀ
+            # (contiguous over rows), times r (exact int32), times σ[n, j // 128], accumulated as [BN, BM].
+            # (Gathering several slots per step as [BN, WB, BM] was 25% slower at M = 4096 on the H100 with WB = 1.)
             ell_tile = tl.zeros([BN, BM], dtype=tl.float32)
-            for w0 in range(w_start, w_end, WB):
-                j, r, sigma, m_ell = ell_slots(ell_cols, ell_residual, scales, cols, m_cols, w0, w_end, W, G, WB)
-                spikes = tl.load(s_t + j.to(tl.int64)[:, :, None] * M + rows[None, None, :],
-                                 mask=m_ell[:, :, None] & m_rows[None, None, :], other=0)  # [BN, WB, BM]
-                ell_tile += tl.sum((spikes * r[:, :, None]).to(tl.float32) * sigma[:, :, None], axis=1)
+            p_ell = cols.to(tl.int64) * W
+            for w in range(split * ell_per_split, tl.minimum(split * ell_per_split + ell_per_split, W)):
+                j = tl.load(ell_cols + p_ell + w, mask=m_cols, other=0).to(tl.int32)
+                r = tl.load(ell_residual + p_ell + w, mask=m_cols, other=0).to(tl.int32)
+                sigma = tl.load(scales + cols * G + j // 128, mask=m_cols, other=0.0)
+                spikes = tl.load(s_t + j.to(tl.int64)[:, None] * M + rows[None, :],
+                                 mask=m_cols[:, None] & m_rows[None, :], other=0)  # [BN, BM]
+                ell_tile += (spikes * r[:, None]).to(tl.float32) * sigma[:, None]
             out_tile += tl.trans(ell_tile)
         tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
         store_tile(out_tile, y, partials, counters, vth, bias, rows, cols, tile, split, splits, M, N, SPLIT,
