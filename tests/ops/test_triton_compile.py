@@ -1,8 +1,10 @@
 """Every Triton kernel of the GPU paths compiles for an H100 (sm_90) here, without a GPU.
 
 The GPU entry points run on CPU tensors with launches recorded instead of run; each recorded launch is then
-compiled to a cubin by Triton's own compiler. This catches what the interpreter (TRITON_INTERPRET=1) cannot:
-code that Triton cannot lower for the GPU. Results are checked elsewhere (interpreter and GPU tests).
+compiled to a cubin by Triton's own compiler, specialised as a launch would be (tensors and integers divisible by
+16 marked so, which is what lets Triton pipeline the dot loops with cp.async). This catches what the interpreter
+(TRITON_INTERPRET=1) cannot: code that Triton cannot lower for the GPU. Results are checked elsewhere
+(interpreter and GPU tests).
 """
 
 import inspect
@@ -52,15 +54,18 @@ def argument_type(value) -> str:
 def compile_for_h100(kernel, args, kwargs) -> None:
     parameters = inspect.signature(kernel.fn).parameters
     values = dict(zip(parameters, args)) | {k: v for k, v in kwargs.items() if k not in LAUNCH_OPTIONS}
-    signature, constexprs = {}, {}
-    for name, parameter in parameters.items():
+    signature, constexprs, aligned = {}, {}, {}
+    for index, (name, parameter) in enumerate(parameters.items()):
+        value = values[name]
         if "constexpr" in str(parameter.annotation):
-            signature[name], constexprs[name] = "constexpr", values[name]
-        else:
-            signature[name] = argument_type(values[name])
+            signature[name], constexprs[name] = "constexpr", value
+            continue
+        signature[name] = argument_type(value)
+        if isinstance(value, torch.Tensor) or (type(value) is int and value % 16 == 0):
+            aligned[(index,)] = [["tt.divisibility", 16]]  # CUDA allocations are 256-byte aligned
     options = {k: v for k, v in kwargs.items() if k in LAUNCH_OPTIONS}
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs), target=H100,
-                              options=options)
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned),
+                              target=H100, options=options)
     assert compiled.asm["cubin"], kernel.fn.__name__
 
 
