@@ -12,10 +12,10 @@ Two GEMM paths, picked by `gemm_plan` from the shapes alone (no autotuning, no h
   σ per group in fp32. Counts beyond ±127 need nothing special:
   s·c is a plain integer product.
 * "dot" (any M, the default beyond `GEMV_DEFAULT_MAX_M`): int8 tensor-core dots. A small prep kernel turns s into
-  int8 digits d0 [M, K] (d0 = s where |s| <= 127, else the low balanced base-128 digit) and per-group flags (the
-  most digits any row needs in that group, atomic max: order-free). The GEMM loop does one int8 dot per group, and
-  only in flagged groups (a uniform branch on one loaded scalar, no reduction) the dots of the higher digits d1, d2
-  recomputed from s: s = d0 + 128·d1 + 16384·d2, all int8, combined exactly in int32 before σ.
+  int8 digits s = d0 + 128·d1 + 16384·d2 (d0 = s where |s| <= 127, else the low balanced base-128 digit) and
+  per-group flags (the most digits any row needs in that group, atomic max: order-free). The GEMM loop does one
+  int8 dot of d0 per group; a second pass adds the dots of d1 and d2 only in flagged groups (a uniform branch on
+  one loaded scalar, no reduction), each combined exactly in int32 before σ.
 
 Both: with few output tiles the groups are split S ways (split-K) so the grid fills the GPU; each split also
 takes 1/S of the ELL columns and stores an fp32 partial [S, M, N]. The split that finishes a tile last (an atomic
@@ -257,12 +257,12 @@ def w8aspike_matmul(
             **common,
         )
     else:
-        d0 = torch.empty(M, K, dtype=torch.int8, device=s.device)
-        s_t = torch.empty(K, M, dtype=torch.int32, device=s.device) if W else d0
+        digits = torch.empty(3, M, K, dtype=torch.int8, device=s.device)
+        s_t = torch.empty(K, M, dtype=torch.int32, device=s.device) if W else digits
         flags = torch.zeros(G, dtype=torch.int32, device=s.device)
-        _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, d0, s_t, flags, M, K=K, PM=PREP_ROWS, WRITE_T=W > 0)
+        _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, digits, s_t, flags, M, K=K, PM=PREP_ROWS, WRITE_T=W > 0)
         _dot_kernel()[(triton.cdiv(M, plan.bm), triton.cdiv(N, plan.bn), plan.splits)](
-            s, d0, s_t, flags, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, y, partials, counters,
+            digits, s_t, flags, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, y, partials, counters,
             M, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits, **common,
         )
     return y
@@ -480,11 +480,11 @@ def _prep_kernel():
     import triton.language as tl
 
     @triton.jit
-    def spike_digits_kernel(s, d0, s_t, flags, M, K: tl.constexpr, PM: tl.constexpr, WRITE_T: tl.constexpr):
-        # One program per PM rows and 128-group g of s: d0 = s where |s| <= 127, else the low balanced base-128
-        # digit of s (in [-64, 63]); flags[g] = max over rows of the digits needed (0: s fits int8, 1: s = d0 +
-        # 128·d1, 2: s = d0 + 128·d1 + 16384·d2), by atomic max (order-free: deterministic). s_t = sᵀ [K, M] for
-        # the ELL gathers of the dot path (columns of s contiguous over rows).
+    def spike_digits_kernel(s, digits, s_t, flags, M, K: tl.constexpr, PM: tl.constexpr, WRITE_T: tl.constexpr):
+        # One program per PM rows and 128-group g of s: int8 digits [3, M, K] with s = d0 + 128·d1 + 16384·d2,
+        # d0 = s where |s| <= 127 (then d1 = d2 = 0), else the low balanced base-128 digit of s (in [-64, 63]);
+        # flags[g] = max over rows of the digits needed (0: s fits int8, 1: d1, 2: d2), by atomic max (order-free:
+        # deterministic). s_t = sᵀ [K, M] for the ELL gathers of the dot path (columns of s contiguous over rows).
         g = tl.program_id(1)
         rows = tl.program_id(0) * PM + tl.arange(0, PM)
         ks = g * 128 + tl.arange(0, 128)
@@ -496,7 +496,11 @@ def _prep_kernel():
         digit1 = ((t + 64) & 127) - 64
         digit2 = (t - digit1) >> 7
         level = tl.where(big, tl.where(digit2 != 0, 2, 1), 0)
-        tl.store(d0 + rows.to(tl.int64)[:, None] * K + ks[None, :], digit0.to(tl.int8), mask=m_rows[:, None])
+        p_digits = digits + rows.to(tl.int64)[:, None] * K + ks[None, :]
+        plane = M.to(tl.int64) * K
+        tl.store(p_digits, digit0.to(tl.int8), mask=m_rows[:, None])
+        tl.store(p_digits + plane, digit1.to(tl.int8), mask=m_rows[:, None])
+        tl.store(p_digits + 2 * plane, digit2.to(tl.int8), mask=m_rows[:, None])
         if WRITE_T:
             tl.store(s_t + ks.to(tl.int64)[None, :] * M + rows[:, None], a, mask=m_rows[:, None])
         tl.atomic_max(flags + g, tl.max(tl.max(level, axis=1), axis=0))
@@ -513,15 +517,17 @@ def _dot_kernel():
 
     @triton.jit
     def w8aspike_dot_kernel(
-        s, d0, s_t, flags, codes, scales, vth, bias, ell_cols, ell_residual, y, partials, counters,
+        digits, s_t, flags, codes, scales, vth, bias, ell_cols, ell_residual, y, partials, counters,
         M, N, W, groups_per_split, ell_per_split, splits,
         K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr,
     ):
-        # One program per [BM, BN] tile of y and split of K; one int8 dot [BM, 128] x [128, BN] per group. Where the
-        # prep kernel flagged the group (some |s| > 127 in it, any row), the higher digits of s are recomputed from
-        # s itself and dotted too: acc = d0·c + 128·(d1·c) + 16384·(d2·c) = s·c exactly in int32 (each dot is
-        # exact in int32; the sum is below 2^24). The branch is on one loaded scalar: uniform, no reduction.
+        # One program per [BM, BN] tile of y and split of K; one int8 dot [BM, 128] x [128, BN] of the low digits d0
+        # per group, in a loop without branches (its loads pipeline; a branch there had made the 128 x 128 tile
+        # spill registers in every step). A second pass over the split's groups adds, where the prep kernel flagged
+        # the group (some |s| > 127 in it, any row), σ · (128·(d1·c) + 16384·(d2·c)): each dot is exact in int32 and
+        # the sum below 2^24, so a flagged group's σ-scaled sum is rounded twice instead of once. The branch is on
+        # one loaded scalar: uniform, no reduction.
         split = tl.program_id(2)
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         cols = tl.program_id(1) * BN + tl.arange(0, BN)
@@ -531,21 +537,25 @@ def _dot_kernel():
         p_codes = codes + cols.to(tl.int64)[None, :] * K + ks[:, None]  # [128, BN], K-major
         out_tile = tl.zeros([BM, BN], dtype=tl.float32)
         g_start = split * groups_per_split
-        for g in range(g_start, tl.minimum(g_start + groups_per_split, G)):
-            a = tl.load(d0 + row_offsets + g * 128, mask=m_rows[:, None], other=0)
+        g_end = tl.minimum(g_start + groups_per_split, G)
+        for g in range(g_start, g_end):  # branch-free, so that its loads pipeline and nothing spills
+            a = tl.load(digits + row_offsets + g * 128, mask=m_rows[:, None], other=0)
             b = tl.load(p_codes + g * 128, mask=m_cols[None, :], other=0)
             acc = tl.dot(a, b, out_dtype=tl.int32)
-            level = tl.load(flags + g)
-            if level > 0:
-                full = tl.load(s + row_offsets + g * 128, mask=m_rows[:, None], other=0)
-                t = (full - a.to(tl.int32)) >> 7
-                digit1 = ((t + 64) & 127) - 64
-                acc += tl.dot(digit1.to(tl.int8), b, out_dtype=tl.int32) * 128
-                if level > 1:
-                    digit2 = (t - digit1) >> 7
-                    acc += tl.dot(digit2.to(tl.int8), b, out_dtype=tl.int32) * 16384
             sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
             out_tile += acc.to(tl.float32) * sigma[None, :]
+        plane = M.to(tl.int64) * K  # the offset of d1 in digits, and of d2 from d1
+        for g in range(g_start, g_end):  # the higher digits, only in the groups the prep kernel flagged
+            level = tl.load(flags + g)
+            if level > 0:
+                b = tl.load(p_codes + g * 128, mask=m_cols[None, :], other=0)
+                a = tl.load(digits + plane + row_offsets + g * 128, mask=m_rows[:, None], other=0)
+                acc = tl.dot(a, b, out_dtype=tl.int32) * 128
+                if level > 1:
+                    a = tl.load(digits + 2 * plane + row_offsets + g * 128, mask=m_rows[:, None], other=0)
+                    acc += tl.dot(a, b, out_dtype=tl.int32) * 16384
+                sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
+                out_tile += acc.to(tl.float32) * sigma[None, :]
         if HAS_ELL:
             # ELL pieces, one column slot at a time for the BN output rows: s[rows, j] gathered from sᵀ
             # (contiguous over rows), times r (exact int32), times σ[n, j // 128], accumulated as [BN, BM].
