@@ -8,9 +8,11 @@
 #   ours-bench the same engine again (warm start twice), vllm bench serve at concurrency 1-256
 #   dense      the same on the dense peer (Qwen2-7B shapes), up to 128K
 #   swa        the same on the sliding-window peer (window 4096 on every layer), up to 1M
-#   w8aspike   W8ASpike linears at M = 1 with the previous code (benchmarks/scratch/before, if carried) and with the
-#              default plans; a GEMV sweep at M = 1 on every 7B shape, whose winners become the plan table that later
-#              steps use (/var/tmp/w8aspike_plans.json); then every shape against bf16 at M 1 to 4096 with it
+#   w8aspike   W8ASpike linears at M 1, 64, 4096 with the previous code (benchmarks/scratch/before, if carried) and
+#              at M = 1 with the default plans; a GEMV sweep at M = 1 on every 7B shape, whose winners go into the
+#              plan table that later steps use (/var/tmp/w8aspike_plans.json); then every shape against bf16 at
+#              M 1 to 4096 with it
+#   w8aspike-prefill-sweep  the int8-dot plans at M = 4096 on the quantized shapes, winners into the same table
 #   w8aspike-tests  the W8ASpike GPU tests alone (four processes at once: Triton compiling dominates)
 #   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike (TTFT and decode at 4K to 128K)
 #   bf16-serve the same on SpikingBrain-7B bf16: w8aspike-serve's baseline, run in the same session
@@ -24,7 +26,7 @@
 #   tp2-tiny   (nvidia-h200-x2) vllm serve of a tiny checkpoint at TP=2 through the OpenAI API
 #   tp1, tp2   TTFT at 128K and 512K, decode after each, TP=1 (run with CUDA_VISIBLE_DEVICES=0) or TP=2
 set -uo pipefail
-step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-tests|w8aspike-serve|bf16-serve|capacity|capacity-both|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
+step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-prefill-sweep|w8aspike-tests|w8aspike-serve|bf16-serve|capacity|capacity-both|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHINFER_SAMPLER=0
@@ -68,17 +70,24 @@ case "$step" in
   swa) serving swa-peer 580 "${long[@]}" ;;
   w8aspike)  # M = 1 before / default / swept; then every 7B shape against bf16 at decode and prefill sizes
     if [ -d benchmarks/scratch/before ]; then  # the previous commit's code, carried as a worktree
-      (cd benchmarks/scratch/before && PYTHONPATH="$PWD:$PYTHONPATH" timeout 90 python3 benchmarks/w8aspike_gemm.py \
-        --m 1 --out "$out/before") > "$out/w8aspike_before.log" 2>&1
+      (cd benchmarks/scratch/before && PYTHONPATH="$PWD:$PYTHONPATH" timeout 120 python3 benchmarks/w8aspike_gemm.py \
+        --m 1 64 4096 --out "$out/before") > "$out/w8aspike_before.log" 2>&1
     fi
     NEURONCHIP_W8ASPIKE_PLANS=/no-table timeout 60 python3 benchmarks/w8aspike_gemm.py --m 1 --out "$out/default" \
       > "$out/w8aspike_default.log" 2>&1
+    [ -f "$plans" ] && cp "$plans" "$out/w8aspike_plans.json"  # the sweep merges its winners into it
     timeout 330 python3 benchmarks/w8aspike_gemm.py --sweep --m 1 --kinds gemv --verbose --out "$out" \
       > "$out/w8aspike_sweep.log" 2>&1 && cp "$out/w8aspike_plans.json" "$plans"
     NEURONCHIP_W8ASPIKE_PLANS="$plans" timeout 130 python3 benchmarks/w8aspike_gemm.py --m 1 16 64 4096 --out "$out" \
       > "$out/w8aspike_gemm.log" 2>&1
     grep -h "M=    1" "$out/w8aspike_before.log" "$out/w8aspike_default.log"; grep "M=    1" "$out/w8aspike_sweep.log"
     tail -22 "$out/w8aspike_gemm.log" ;;
+  w8aspike-prefill-sweep)
+    [ -f "$plans" ] && cp "$plans" "$out/w8aspike_plans.json"
+    timeout 560 python3 benchmarks/w8aspike_gemm.py --sweep --m 4096 --kinds dot --verbose --out "$out" \
+      --shapes qkv_proj o_proj gate_up_proj gk_proj > "$out/w8aspike_prefill_sweep.log" 2>&1 \
+      && cp "$out/w8aspike_plans.json" "$plans"
+    grep "M= 4096" "$out/w8aspike_prefill_sweep.log" ;;
   w8aspike-tests)  # the W8ASpike ops on the GPU against the naive reference (every candidate plan: the sweep's)
     parts=("split_k_and_ell and (128-40 or 384-40)" "split_k_and_ell and (3584-512 or 3584-4608)"
            "split_k_and_ell and 18944-" "not split_k_and_ell and not every_candidate")

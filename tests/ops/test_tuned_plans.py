@@ -54,20 +54,35 @@ def test_the_sweeps_winners_are_what_the_plugin_reads_back(fake_gpu):
     rows = [row | {"best": {"plan": dataclasses.asdict(faster), "s": 30e-6}, "tuned": True},
             row | {"M": 16, "best": {"plan": dataclasses.asdict(default), "s": 39.5e-6}, "tuned": False}]
     sweep_module().write_tuned_table(rows, fake_gpu, "cuda:0")
-    assert tuned_plans.tuned_settings(1, 3584, 18944, CUDA) == {
-        k: dataclasses.asdict(faster)[k] for k in tuned_plans.PLAN_SETTINGS}
-    assert tuned_plans.tuned_settings(16, 3584, 18944, CUDA) is None  # within the margin: the default stays
-    assert tuned_plans.tuned_settings(1, 4608, 3584, CUDA) is None  # a shape the sweep did not time
-    assert tuned_plans.tuned_settings(1, 3584, 18944, torch.device("cpu")) is None
+    assert tuned_plans.tuned_settings(3584, 18944, CUDA) == {  # M = 16 was within the margin: not in the table
+        1: {k: dataclasses.asdict(faster)[k] for k in tuned_plans.PLAN_SETTINGS}}
+    assert tuned_plans.tuned_settings(4608, 3584, CUDA) == {}  # a shape the sweep did not time
+    assert tuned_plans.tuned_settings(3584, 18944, torch.device("cpu")) == {}
+
+
+def test_a_swept_plan_serves_larger_m_in_its_range_only(fake_gpu, monkeypatch):
+    monkeypatch.setattr(triton_kernels, "_sm_count", lambda device: 132)
+    N, G, W = 4608, 28, 57
+    swept = {M: triton_kernels.make_plan("dot", M, N, G, W, 132, bm=64, bn=64, num_warps=4, num_stages=4)
+             for M in (16, 4096)}
+    rows = [{"N": N, "K": G * 128, "M": M, "default_s": 2.0, "best": {"plan": dataclasses.asdict(plan), "s": 1.0},
+             "tuned": True} for M, plan in swept.items()]
+    sweep_module().write_tuned_table(rows, fake_gpu, "cuda:0")
+    tuned = {M: triton_kernels.device_plan(M, N, G, W, CUDA) for M in (1, 8, 16, 17, 4000, 4096, 16384)}
+    for M in (1, 8, 17, 4000):  # below every swept M of its range, or in a range the sweep did not time
+        assert tuned[M] == triton_kernels.gemm_plan(M, N, G, W, 132)
+    for M in (16, 4096, 16384):  # a swept M, or above one in the same range: its tiles, splits for this M
+        expected = triton_kernels.make_plan("dot", M, N, G, W, 132, bm=64, bn=64, num_warps=4, num_stages=4)
+        assert tuned[M] == expected != triton_kernels.gemm_plan(M, N, G, W, 132)
 
 
 def test_a_gpu_of_another_architecture_keeps_the_default_plans(fake_gpu, monkeypatch):
     fake_gpu.write_text('{"GPU B": {"arch": {"capability": "9.0", "sm_count": 132}, '
                         '"plans": {"3584x18944": {"1": {"kind": "gemv", "bn": 64}}}}}')
-    assert tuned_plans.tuned_settings(1, 3584, 18944, CUDA) == {"kind": "gemv", "bn": 64}  # borrowed: same arch
+    assert tuned_plans.tuned_settings(3584, 18944, CUDA) == {1: {"kind": "gemv", "bn": 64}}  # borrowed: same arch
     tuned_plans._device_plans.cache_clear()
     monkeypatch.setattr(gpu_tables, "device_arch", lambda device=None: {"capability": "8.0", "sm_count": 108})
-    assert tuned_plans.tuned_settings(1, 3584, 18944, CUDA) is None
+    assert tuned_plans.tuned_settings(3584, 18944, CUDA) == {}
 
 
 def test_the_committed_table_names_only_known_settings():

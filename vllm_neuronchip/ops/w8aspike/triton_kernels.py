@@ -163,12 +163,18 @@ def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> Ge
 
 
 def device_plan(M: int, N: int, G: int, W: int, device: torch.device) -> GemmPlan:
-    """The plan `w8aspike_matmul` uses by default: the tuned table's for this GPU, shape and M if it has one
-    (`tuned_plans`), else `gemm_plan`."""
-    settings = tuned_plans.tuned_settings(M, N, G * GROUP_SIZE, device)
-    if settings is None:
+    """The plan `w8aspike_matmul` uses by default: from the tuned table for this GPU and shape (`tuned_plans`), the
+    entry of the largest swept M' <= M in the same `plan_range` as M; else `gemm_plan`."""
+    swept = tuned_plans.tuned_settings(N, G * GROUP_SIZE, device)
+    usable = [m for m in swept if m <= M and plan_range(m) == plan_range(M)]
+    if not usable:
         return gemm_plan(M, N, G, W, _sm_count(device))
-    return make_plan(M=M, N=N, G=G, W=W, sm_count=_sm_count(device), **settings)
+    return make_plan(M=M, N=N, G=G, W=W, sm_count=_sm_count(device), **swept[max(usable)])
+
+
+def plan_range(M: int) -> int:
+    """Which of `gemm_plan`'s ranges of M this is: 0 GEMV, 1 dot with BM 16, 2 dot up to 64 rows, 3 beyond."""
+    return 0 if M <= GEMV_DEFAULT_MAX_M else 1 if M <= GEMV_MAX_M else 2 if M <= 64 else 3
 
 
 def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None,
@@ -198,7 +204,10 @@ def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None,
                 for pps in (1.0, 2.0):
                     plans.append(make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=num_warps,
                                            num_stages=num_stages, programs_per_sm=pps))
-    return list(dict.fromkeys(plans))  # without repeats, in order
+    unique = {}  # without repeats, in order: plans that differ only in the grid they aimed at are the same launch
+    for plan in plans:
+        unique.setdefault(replace(plan, programs_per_sm=0.0), plan)
+    return list(unique.values())
 
 
 def _next_power_of_2(n: int) -> int:

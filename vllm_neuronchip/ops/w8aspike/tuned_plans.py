@@ -3,7 +3,9 @@
 `benchmarks/w8aspike_gemm.py --sweep` times every candidate plan of a projection shape at some M on one GPU and
 writes the winners that beat the default into a table in the format of `tuned_plans.json`: per GPU model its
 architecture and, per "NxK" shape and M, the plan's tile settings (`make_plan` arguments; the split count is
-derived again from the layer's own ELL width). A GPU missing from the table borrows the entry of one of the same
+derived again from the layer's own M and ELL width). `triton_kernels.device_plan` uses the entry of the largest
+swept M not above the actual M in the same range of `gemm_plan` (so an entry at M = 4096 serves every prefill
+chunk of 4096 rows or more). A GPU missing from the table borrows the entry of one of the same
 architecture (`gpu_tables.entry_for`); shapes or M not in the entry keep the default plan. Every plan is exact,
 so a table changes speed only."""
 
@@ -17,11 +19,11 @@ PLAN_SETTINGS = ("kind", "bm", "bn", "gb", "num_warps", "num_stages", "fp32_prod
 """The `make_plan` arguments a table stores for one plan."""
 
 
-def tuned_settings(M: int, N: int, K: int, device) -> dict | None:
-    """The table's plan settings for s [M, K] times codes [N, K] on this CUDA device, or None (keep the default)."""
+def tuned_settings(N: int, K: int, device) -> dict[int, dict]:
+    """The table's plan settings by M for codes [N, K] on this CUDA device (empty: keep the default plans)."""
     if device.type != "cuda":
-        return None
-    return _device_plans(device.index).get(f"{N}x{K}", {}).get(str(M))
+        return {}
+    return {int(m): settings for m, settings in _device_plans(device.index).get(f"{N}x{K}", {}).items()}
 
 
 @functools.cache
