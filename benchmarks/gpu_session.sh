@@ -18,7 +18,8 @@
 #   bf16-serve the same on SpikingBrain-7B bf16: w8aspike-serve's baseline, run in the same session
 #   capacity [MODEL [N [LENGTH]]]  N (default 64) requests of LENGTH (default 32768) tokens at once in an 8 GiB KV
 #              cache: the peak that run together (serving.py's probe: long outputs, stops at a plateau)
-#              (ours holds a window and one GLA state per request at any length, so its 32K count should hold at 128K)
+#              (ours holds a window and one GLA state per request at any length, so its 32K count should hold at 128K;
+#              at 128K every admitted prompt is prefilled first, ~3.5 s each: PROBE_LIMIT=400 capacity spikingbrain 80 131072)
 #   capacity-both [LENGTH]  capacity of ours (128 requests) and of the dense peer (16) at once on one GPU, 45% each
 #              (counts, not timings: the two engines share the GPU)
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
@@ -99,7 +100,8 @@ case "$step" in
   w8aspike-serve) serving spikingbrain-w8aspike 580 --lengths 4096 32768 131072 --decode-only 1024 ;;
   bf16-serve) serving spikingbrain 580 --lengths 4096 32768 131072 --decode-only 1024 ;;  # w8aspike-serve's baseline
   capacity) serving "${2:-spikingbrain}" 580 --lengths 4096 --decode-only --concurrency \
-    --kv-cache-memory-gib 8 --probe "${4:-32768}" "${3:-64}" --gpu-memory-utilization "${SHARE:-0.9}" ;;
+    --kv-cache-memory-gib 8 --probe "${4:-32768}" "${3:-64}" --gpu-memory-utilization "${SHARE:-0.9}" \
+    --probe-limit "${PROBE_LIMIT:-240}" ;;
   capacity-both)
     INSTALLED=1 SHARE=0.45 bash "$0" capacity spikingbrain 128 "${2:-32768}" & first=$!
     INSTALLED=1 SHARE=0.45 PORT=8022 bash "$0" capacity dense-peer 16 "${2:-32768}"

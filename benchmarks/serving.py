@@ -296,6 +296,9 @@ def main() -> None:
     parser.add_argument("--kv-cache-memory-gib", type=float, help="fixed KV-cache budget (instead of utilization)")
     parser.add_argument("--probe", type=int, nargs=2, metavar=("LENGTH", "REQUESTS"),
                         help="send REQUESTS prompts of LENGTH tokens at once; record the peak running")
+    parser.add_argument("--probe-limit", type=float, default=240.0,
+                        help="seconds the probe may run (every admitted prompt is prefilled first: 128K prompts "
+                             "take a few seconds each)")
     parser.add_argument("--warm-restart", action="store_true", help="start the engine a second time (warm start)")
     parser.add_argument("--port", type=int, default=8021)
     parser.add_argument("--start-timeout", type=float, default=420)
@@ -363,7 +366,8 @@ def main() -> None:
             length, count = args.probe
             prompts = [random_prompt(length, shape["vocab_size"], 10**6 + i) for i in range(count)]
             room = max_len - length - 16  # outputs as long as the context allows: requests outlive admission
-            save(probe={"prompt_tokens": length} | peak_running(client, server.url, args.model, prompts, room))
+            save(probe={"prompt_tokens": length} | peak_running(client, server.url, args.model, prompts, room,
+                                                                limit_s=args.probe_limit))
             print(f"[{args.model}] probe {json.dumps(report['probe'])}", flush=True)
         sweeps = []
         for concurrency in args.concurrency:
