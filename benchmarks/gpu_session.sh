@@ -19,7 +19,7 @@
 #   capacity [MODEL [N [LENGTH]]]  N (default 64) requests of LENGTH (default 32768) tokens at once in an 8 GiB KV
 #              cache: the peak that run together (serving.py's probe: long outputs, stops at a plateau)
 #              (ours holds a window and one GLA state per request at any length, so its 32K count should hold at 128K;
-#              at 128K every admitted prompt is prefilled first, ~3.5 s each: PROBE_LIMIT=400 capacity spikingbrain 80 131072)
+#              at 128K every admitted prompt is prefilled first, ~3.5 s each: PROBE_LIMIT=330 capacity spikingbrain 80 131072)
 #   capacity-both [LENGTH]  capacity of ours (128 requests) and of the dense peer (16) at once on one GPU, 45% each
 #              (counts, not timings: the two engines share the GPU)
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
