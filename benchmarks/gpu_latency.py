@@ -5,6 +5,9 @@ Peers: the dense Qwen2-7B shapes, and the same with a 4096-token window on every
 Writes one JSON per model under --out, with the command, device and versions.
 
     python benchmarks/gpu_latency.py --model spikingbrain --lengths 4096 32768 131072 --out results/
+
+`--profile LENGTH` runs the engine in-process and records one prefill of LENGTH tokens with the torch profiler:
+`profile_{model}_{LENGTH}.json` lists the GPU kernels by their total time in that prefill (where TTFT goes).
 """
 
 import argparse
@@ -18,9 +21,13 @@ import time
 from pathlib import Path
 
 from serving import (  # the same model configs as the serving benchmark
+    MODELS,
     SHAPES,
     model_config,
 )
+
+PROFILE_TOP = 40
+"""Kernels listed in a profile (the rest summed as one row)."""
 
 
 def timed_generate(llm, prompt_len: int, max_tokens: int, seed: int) -> float:
@@ -34,26 +41,53 @@ def timed_generate(llm, prompt_len: int, max_tokens: int, seed: int) -> float:
     return time.perf_counter() - start
 
 
+def kernel_table(events, top: int = PROFILE_TOP) -> dict:
+    """The profiler's averaged events -> GPU kernels by self device time: the `top` largest, the rest summed."""
+    kernels = sorted(((e.key, e.count, e.self_device_time_total) for e in events if e.self_device_time_total > 0),
+                     key=lambda kernel: -kernel[2])
+    total_us = sum(us for _, _, us in kernels)
+    rows = [{"kernel": name, "calls": calls, "ms": us / 1e3, "share": us / total_us}
+            for name, calls, us in kernels[:top]]
+    rest_us = sum(us for _, _, us in kernels[top:])
+    if rest_us:
+        rows.append({"kernel": f"({len(kernels) - top} other kernels)", "calls": sum(c for _, c, _ in kernels[top:]),
+                     "ms": rest_us / 1e3, "share": rest_us / total_us})
+    return {"gpu_ms": total_us / 1e3, "kernels": rows}
+
+
+def profile_prefill(llm, length: int) -> dict:
+    """One prefill of `length` tokens (one output token) under the torch profiler; the engine must be in-process."""
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        wall_s = timed_generate(llm, length, 1, seed=length + 7)
+    return {"prompt_tokens": length, "wall_s": wall_s} | kernel_table(profiler.key_averages())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["spikingbrain", "dense-peer", "swa-peer"], required=True)
+    parser.add_argument("--model", choices=MODELS, required=True)
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 32768, 131072])
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--profile", type=int, metavar="LENGTH", help="also profile one prefill of LENGTH tokens")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.profile:  # the profiler sees the GPU kernels only of an engine in this process
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
     import torch
     import vllm
     from vllm import LLM
 
-    max_len = max(args.lengths) + args.decode_tokens + 16
+    max_len = max(args.lengths + [args.profile or 0]) + args.decode_tokens + 16
     model_dir = Path(tempfile.mkdtemp(prefix=f"{args.model}-"))
     (model_dir / "config.json").write_text(json.dumps(model_config(args.model, SHAPES["7b"], max_len)))
     start = time.perf_counter()
     llm = LLM(
         model=str(model_dir), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
         max_model_len=max_len, enable_prefix_caching=False, max_num_seqs=16, gpu_memory_utilization=0.9,
+        quantization="w8aspike" if args.model == "spikingbrain-w8aspike" else None,
     )
     engine_start_s = time.perf_counter() - start
     print(f"[{args.model}] engine start {engine_start_s:.1f} s", flush=True)
@@ -74,12 +108,20 @@ def main() -> None:
         results.append(row)
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        profile = profile_prefill(llm, args.profile) | {
+            "model": args.model, "device": torch.cuda.get_device_name(0),
+            "command": " ".join([Path(sys.executable).name, *sys.argv])}
+        (args.out / f"profile_{args.model}_{args.profile}.json").write_text(json.dumps(profile, indent=1))
+        for row in profile["kernels"][:15]:
+            print(f"[{args.model}] {row['ms']:9.2f} ms {row['share']:6.1%} x{row['calls']:<5d} {row['kernel'][:90]}")
     report = {
         "benchmark": "TTFT and batch-1 decode, dummy weights, bf16, CUDA graphs on, prefix caching off",
         "model": args.model, "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "device": torch.cuda.get_device_name(0), "vllm": vllm.__version__, "torch": torch.__version__,
         "python": platform.python_version(), "env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")},
-        "engine_start_s": engine_start_s, "decode_method": "(t(prompt + 1 + N tokens) - t(prompt + 1 token)) / N, min over repeats",
+        "engine_start_s": engine_start_s,
+        "decode_method": "(t(prompt + 1 + N tokens) - t(prompt + 1 token)) / N, min over repeats",
         "results": results,
     }
     (args.out / f"gpu_latency_{args.model}.json").write_text(json.dumps(report, indent=2))

@@ -22,12 +22,14 @@
 #              at 128K every admitted prompt is prefilled first, ~3.5 s each: PROBE_LIMIT=330 capacity spikingbrain 80 131072)
 #   capacity-both [LENGTH]  capacity of ours (128 requests) and of the dense peer (16) at once on one GPU, 45% each
 #              (counts, not timings: the two engines share the GPU)
+#   profile [MODEL [LENGTH]]  where one prefill's GPU time goes (default spikingbrain, 32768 tokens): kernels by
+#              total time under the torch profiler (benchmarks/gpu_latency.py --profile, engine in-process)
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
 #   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
 #   tp2-tiny   (nvidia-h200-x2) vllm serve of a tiny checkpoint at TP=2 through the OpenAI API
 #   tp1, tp2   TTFT at 128K and 512K, decode after each, TP=1 (run with CUDA_VISIBLE_DEVICES=0) or TP=2
 set -uo pipefail
-step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-prefill-sweep|w8aspike-tests|w8aspike-serve|bf16-serve|capacity|capacity-both|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
+step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-prefill-sweep|w8aspike-tests|w8aspike-serve|bf16-serve|capacity|capacity-both|profile|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHINFER_SAMPLER=0
@@ -106,6 +108,11 @@ case "$step" in
     INSTALLED=1 SHARE=0.45 bash "$0" capacity spikingbrain 128 "${2:-32768}" & first=$!
     INSTALLED=1 SHARE=0.45 PORT=8022 bash "$0" capacity dense-peer 16 "${2:-32768}"
     wait "$first" ;;
+  profile)
+    model="${2:-spikingbrain}"
+    timeout 560 python3 benchmarks/gpu_latency.py --model "$model" --lengths 1024 --repeats 1 --decode-tokens 16 \
+      --profile "${3:-32768}" --out "$out" > "$out/profile_$model.log" 2>&1
+    grep -E "^\[$model\]" "$out/profile_$model.log" | tail -18 ;;
   tp1) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency ;;
   tp2-test)  # the tiny checkpoint at TP=2 against the reference, eager and CUDA graphs at once; cold workers: minutes
     variants=(eager cuda-graphs)
