@@ -12,7 +12,8 @@
 #              at M = 1 with the default plans; a GEMV sweep at M = 1 on every 7B shape, whose winners go into the
 #              plan table that later steps use (/var/tmp/w8aspike_plans.json); then every shape against bf16 at
 #              M 1 to 4096 with it
-#   w8aspike-prefill-sweep  the int8-dot plans at M = 4096 on the quantized shapes, winners into the same table
+#   w8aspike-prefill-sweep  the int8-dot plans (dense first ELL pieces too) at M = 4096 on qkv_proj and gate_up_proj,
+#              winners into the same table
 #   w8aspike-tests  the W8ASpike GPU tests alone (four processes at once: Triton compiling dominates)
 #   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike (TTFT and decode at 4K to 128K)
 #   bf16-serve the same on SpikingBrain-7B bf16: w8aspike-serve's baseline, run in the same session
@@ -88,7 +89,7 @@ case "$step" in
   w8aspike-prefill-sweep)
     [ -f "$plans" ] && cp "$plans" "$out/w8aspike_plans.json"
     timeout 560 python3 benchmarks/w8aspike_gemm.py --sweep --m 4096 --kinds dot --verbose --out "$out" \
-      --shapes qkv_proj o_proj gate_up_proj gk_proj > "$out/w8aspike_prefill_sweep.log" 2>&1 \
+      --shapes qkv_proj gate_up_proj > "$out/w8aspike_prefill_sweep.log" 2>&1 \
       && cp "$out/w8aspike_plans.json" "$plans"
     grep "M= 4096" "$out/w8aspike_prefill_sweep.log" ;;
   w8aspike-tests)  # the W8ASpike ops on the GPU against the naive reference (every candidate plan: the sweep's)

@@ -91,12 +91,15 @@ def test_w8aspike_kernels_compile(monkeypatch, M, N, K, overflow, with_bias, out
     s, vth, bias = torch.zeros(M, K, dtype=torch.int32), torch.ones(M, 1), bias if with_bias else None
     prefetching = triton_kernels.make_plan("gemv", M, N, K // 128, weight.ell_cols.shape[1], 132, bn=32, gb=2,
                                            num_stages=3, prefetch=True)
+    dense_ell = triton_kernels.make_plan("dot", M, N, K // 128, weight.ell_cols.shape[1], 132, bm=64, bn=128,
+                                         num_warps=8, num_stages=3, dense_ell=True)
 
     def linear():
         triton_kernels.spike_quantize(x, 3.0)
         triton_kernels.w8aspike_matmul(s, vth, weight, scales, bias, out_dtype=out_dtype)
         if M <= triton_kernels.GEMV_MAX_M:
             triton_kernels.w8aspike_matmul(s, vth, weight, scales, bias, plan=prefetching, out_dtype=out_dtype)
+        triton_kernels.w8aspike_matmul(s, vth, weight, scales, bias, plan=dense_ell, out_dtype=out_dtype)
 
     kernels = set()
     for launch in recorded_launches(monkeypatch, linear):

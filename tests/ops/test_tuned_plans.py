@@ -86,9 +86,10 @@ def test_a_gpu_of_another_architecture_keeps_the_default_plans(fake_gpu, monkeyp
 
 
 def test_the_committed_table_names_only_known_settings():
+    """Every setting a make_plan argument; settings added since the sweep ran take their defaults."""
     table = tuned_plans.TABLE.read_text()
     for entry in json.loads(table).values():
         assert entry["arch"]["capability"]
         for by_m in entry["plans"].values():
             for settings in by_m.values():
-                assert set(settings) == set(tuned_plans.PLAN_SETTINGS)
+                assert "kind" in settings and set(settings) <= set(tuned_plans.PLAN_SETTINGS)

@@ -149,8 +149,8 @@ def check_matmul(M, K, N, with_bias, device="cpu", overflow="1%", outliers=True,
 def plan_variants(M, N, G, W):
     """Non-default plans that stress the masks and splits: GEMV (if M <= 16) with whole-step and partial-step
     splits, a code tile wider than N, fp32 products, the next code tile prefetched with pipelined loads; the dot
-    path with several M tiles and split-K, four stages, and one tile without splits (also at M <= 16, which it
-    handles as well)."""
+    path with several M tiles and split-K, four stages, one tile without splits (also at M <= 16, which it
+    handles as well), and the first ELL pieces dotted as a dense plane."""
     make = triton_kernels.make_plan
     plans = []
     if M <= triton_kernels.GEMV_MAX_M:
@@ -164,6 +164,7 @@ def plan_variants(M, N, G, W):
         make("dot", M, N, G, W, 132, bm=16, bn=32, programs_per_sm=100),  # a split per group
         make("dot", M, N, G, W, 132, bm=16, bn=64, num_stages=4, programs_per_sm=2),
         make("dot", M, N, G, W, 132, bm=32, bn=64, num_warps=8, programs_per_sm=0.01),  # no split
+        make("dot", M, N, G, W, 132, bm=16, bn=32, dense_ell=True, programs_per_sm=2),  # first pieces as a plane
     ]
     return plans
 

@@ -17,6 +17,11 @@ Two GEMM paths, picked by `gemm_plan` from the shapes alone (no autotuning, no h
   int8 dot of d0 per group; a second pass adds the dots of d1 and d2 only in flagged groups (a uniform branch on
   one loaded scalar, no reduction), each combined exactly in int32 before σ.
 
+With `dense_ell` (a dot-plan option for large M, where the ELL gathers dominate), a small kernel first expands
+each column's first ELL piece into a zeroed int8 plane [N, K] (per call, freed after it), which the group loop
+dots like the codes (|c8 + piece| <= 254 keeps d0·(c8 + piece) exact in int32); only later pieces of a column
+(codes beyond ±254) stay in the gather loop.
+
 Both: with few output tiles the groups are split S ways (split-K) so the grid fills the GPU; each split also
 takes 1/S of the ELL columns and stores an fp32 partial [S, M, N]. The split that finishes a tile last (an atomic
 count per tile) sums that tile's partials in split order (deterministic, whatever order the splits finished in),
@@ -64,6 +69,9 @@ GEMV_PROGRAMS_PER_SM = 4.0
 PREP_ROWS = 32
 """Rows of s per program of the dot path's prep kernel (one 128-group per program)."""
 
+EXPAND_ROWS, EXPAND_SLOTS = 16, 64
+"""Rows per program, and ELL slots per step, of the kernel that expands first pieces into a dense plane."""
+
 DIGIT_LIMIT = 2**21
 """|s| below which the three int8 base-128 digits of the dot path are exact (|d2| <= 127)."""
 
@@ -108,6 +116,7 @@ class GemmPlan:
     fp32_products: bool = False  # gemv: products and group sums in fp32 (exact under check_exact_fp32_residual)
     programs_per_sm: float = 2.0  # the grid `make_plan` aimed at when it chose `splits`
     prefetch: bool = False  # gemv: load the next step's code tile before this step's arithmetic
+    dense_ell: bool = False  # dot: first ELL pieces expanded into an int8 [N, K] plane dotted like the codes
 
     def programs(self, M: int, N: int) -> int:
         """Programs of the GEMM's grid for s [M, K] and N outputs."""
@@ -116,7 +125,8 @@ class GemmPlan:
 
 def make_plan(kind: str, M: int, N: int, G: int, W: int, sm_count: int, *, bn: int, bm: int = 0, gb: int = 1,
               num_warps: int = 4, num_stages: int = 2, fp32_products: bool = False,
-              programs_per_sm: float = 2.0, ell_block: int = 0, prefetch: bool = False) -> GemmPlan:
+              programs_per_sm: float = 2.0, ell_block: int = 0, prefetch: bool = False,
+              dense_ell: bool = False) -> GemmPlan:
     """A plan with the given tiles whose split-K S is the smallest that gives at least `programs_per_sm` · SMs
     programs (as far as G allows): S = ceil(G / groups_per_split) with groups_per_split a multiple of gb.
     `ell_block` 0: the GEMV's default ELL step, 16 or 8 slots (1 for the dot path, which takes one at a time)."""
@@ -135,7 +145,7 @@ def make_plan(kind: str, M: int, N: int, G: int, W: int, sm_count: int, *, bn: i
     if not ell_block:
         ell_block = 16 if bn <= 32 else 8
     return GemmPlan(kind, bm, bn, gb, splits, groups_per_split, -(-W // splits) if W else 0, ell_block,
-                    num_warps, num_stages, fp32_products, programs_per_sm, prefetch)
+                    num_warps, num_stages, fp32_products, programs_per_sm, prefetch, dense_ell and kind == "dot")
 
 
 def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> GemmPlan:
@@ -204,6 +214,8 @@ def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None,
                 for pps in (1.0, 2.0):
                     plans.append(make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=num_warps,
                                            num_stages=num_stages, programs_per_sm=pps))
+                    if W and num_stages == 3:
+                        plans.append(replace(plans[-1], dense_ell=True))
     unique = {}  # without repeats, in order: plans that differ only in the grid they aimed at are the same launch
     for plan in plans:
         unique.setdefault(replace(plan, programs_per_sm=0.0), plan)
@@ -270,9 +282,14 @@ def w8aspike_matmul(
         s_t = torch.empty(K, M, dtype=torch.int32, device=s.device) if W else digits
         flags = torch.zeros(G, dtype=torch.int32, device=s.device)
         _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, digits, s_t, flags, M, K=K, PM=PREP_ROWS, WRITE_T=W > 0)
+        dense = plan.dense_ell and W > 0
+        plane = torch.zeros(N, K, dtype=torch.int8, device=s.device) if dense else codes
+        if dense:
+            _first_pieces_kernel()[(triton.cdiv(N, EXPAND_ROWS),)](
+                ell_cols, ell_residual, plane, N, W, K=K, RB=EXPAND_ROWS, WB=EXPAND_SLOTS)
         _dot_kernel()[(triton.cdiv(M, plan.bm), triton.cdiv(N, plan.bn), plan.splits)](
-            digits, s_t, flags, codes, sigma, vth, bias_or_y, ell_cols, ell_residual, y, partials, counters,
-            M, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits, **common,
+            digits, s_t, flags, codes, plane, sigma, vth, bias_or_y, ell_cols, ell_residual, y, partials, counters,
+            M, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits, DENSE_ELL=dense, **common,
         )
     return y
 
@@ -518,6 +535,30 @@ def _prep_kernel():
 
 
 @functools.cache
+def _first_pieces_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def ell_first_pieces_kernel(ell_cols, ell_residual, plane, N, W, K: tl.constexpr, RB: tl.constexpr,
+                                WB: tl.constexpr):
+        # plane [N, K] (zeroed) gets, at each column with ELL pieces, the first of them: the slot whose column
+        # differs from the slot before it (a row's slots are sorted by column); padding pieces are 0 and skipped.
+        rows = tl.program_id(0) * RB + tl.arange(0, RB)
+        p_ell = rows.to(tl.int64)[:, None] * W
+        for w0 in range(0, W, WB):
+            ws = w0 + tl.arange(0, WB)
+            live = (rows < N)[:, None] & (ws < W)[None, :]
+            j = tl.load(ell_cols + p_ell + ws[None, :], mask=live, other=0).to(tl.int32)
+            r = tl.load(ell_residual + p_ell + ws[None, :], mask=live, other=0)
+            previous = tl.load(ell_cols + p_ell + ws[None, :] - 1, mask=live & (ws > 0)[None, :], other=-1)
+            first = live & (j != previous.to(tl.int32)) & (r != 0)
+            tl.store(plane + rows.to(tl.int64)[:, None] * K + j, r, mask=first)
+
+    return ell_first_pieces_kernel
+
+
+@functools.cache
 def _dot_kernel():
     import triton
     import triton.language as tl
@@ -526,17 +567,17 @@ def _dot_kernel():
 
     @triton.jit
     def w8aspike_dot_kernel(
-        digits, s_t, flags, codes, scales, vth, bias, ell_cols, ell_residual, y, partials, counters,
+        digits, s_t, flags, codes, plane, scales, vth, bias, ell_cols, ell_residual, y, partials, counters,
         M, N, W, groups_per_split, ell_per_split, splits,
         K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
-        BM: tl.constexpr, BN: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, DENSE_ELL: tl.constexpr,
     ):
-        # One program per [BM, BN] tile of y and split of K; one int8 dot [BM, 128] x [128, BN] of the low digits d0
-        # per group, in a loop without branches (its loads pipeline; a branch there had made the 128 x 128 tile
-        # spill registers in every step). A second pass over the split's groups adds, where the prep kernel flagged
-        # the group (some |s| > 127 in it, any row), σ · (128·(d1·c) + 16384·(d2·c)): each dot is exact in int32 and
-        # the sum below 2^24, so a flagged group's σ-scaled sum is rounded twice instead of once. The branch is on
-        # one loaded scalar: uniform, no reduction.
+        # One program per [BM, BN] tile of y and split of K; one int8 dot [BM, 128] x [128, BN] of the low digits
+        # d0 per group (and of the first-piece plane with DENSE_ELL), in a loop without branches (its loads
+        # pipeline; a branch there had made the 128 x 128 tile spill registers in every step). A second pass over
+        # the split's groups adds, where the prep kernel flagged the group (some |s| > 127 in it, any row),
+        # σ · (128·(d1·c) + 16384·(d2·c)): each dot is exact in int32 and the sum below 2^24, so a flagged group's
+        # σ-scaled sum is rounded twice instead of once. The branch is on one loaded scalar: uniform.
         split = tl.program_id(2)
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         cols = tl.program_id(1) * BN + tl.arange(0, BN)
@@ -547,37 +588,57 @@ def _dot_kernel():
         out_tile = tl.zeros([BM, BN], dtype=tl.float32)
         g_start = split * groups_per_split
         g_end = tl.minimum(g_start + groups_per_split, G)
+        p_plane = plane + cols.to(tl.int64)[None, :] * K + ks[:, None]  # the first ELL pieces, as the codes
         for g in range(g_start, g_end):  # branch-free, so that its loads pipeline and nothing spills
             a = tl.load(digits + row_offsets + g * 128, mask=m_rows[:, None], other=0)
             b = tl.load(p_codes + g * 128, mask=m_cols[None, :], other=0)
             acc = tl.dot(a, b, out_dtype=tl.int32)
+            if DENSE_ELL:  # |c8 + first piece| <= 254: d0 · (c8 + piece) stays exact in the int32 accumulator
+                acc = tl.dot(a, tl.load(p_plane + g * 128, mask=m_cols[None, :], other=0), acc, out_dtype=tl.int32)
             sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
             out_tile += acc.to(tl.float32) * sigma[None, :]
-        plane = M.to(tl.int64) * K  # the offset of d1 in digits, and of d2 from d1
+        digit_plane = M.to(tl.int64) * K  # the offset of d1 in digits, and of d2 from d1
         for g in range(g_start, g_end):  # the higher digits, only in the groups the prep kernel flagged
             level = tl.load(flags + g)
             if level > 0:
                 b = tl.load(p_codes + g * 128, mask=m_cols[None, :], other=0)
-                a = tl.load(digits + plane + row_offsets + g * 128, mask=m_rows[:, None], other=0)
-                acc = tl.dot(a, b, out_dtype=tl.int32) * 128
+                a = tl.load(digits + digit_plane + row_offsets + g * 128, mask=m_rows[:, None], other=0)
+                acc = tl.dot(a, b, out_dtype=tl.int32)
+                if DENSE_ELL:
+                    acc = tl.dot(a, tl.load(p_plane + g * 128, mask=m_cols[None, :], other=0), acc,
+                                 out_dtype=tl.int32)
+                acc *= 128
                 if level > 1:
-                    a = tl.load(digits + 2 * plane + row_offsets + g * 128, mask=m_rows[:, None], other=0)
-                    acc += tl.dot(a, b, out_dtype=tl.int32) * 16384
+                    a = tl.load(digits + 2 * digit_plane + row_offsets + g * 128, mask=m_rows[:, None], other=0)
+                    acc2 = tl.dot(a, b, out_dtype=tl.int32)
+                    if DENSE_ELL:
+                        acc2 = tl.dot(a, tl.load(p_plane + g * 128, mask=m_cols[None, :], other=0), acc2,
+                                      out_dtype=tl.int32)
+                    acc += acc2 * 16384
                 sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
                 out_tile += acc.to(tl.float32) * sigma[None, :]
         if HAS_ELL:
             # ELL pieces, one column slot at a time for the BN output rows: s[rows, j] gathered from sᵀ
             # (contiguous over rows), times r (exact int32), times σ[n, j // 128], accumulated as [BN, BM].
             # (Gathering several slots per step as [BN, WB, BM] was 25% slower at M = 4096 on the H100 with WB = 1.)
+            # With DENSE_ELL the plane holds each column's first piece, so only later pieces of the same column
+            # (codes beyond ±254; slots are sorted by column) are left here, and a slot none of the BN rows
+            # needs is skipped whole.
             ell_tile = tl.zeros([BN, BM], dtype=tl.float32)
             p_ell = cols.to(tl.int64) * W
             for w in range(split * ell_per_split, tl.minimum(split * ell_per_split + ell_per_split, W)):
                 j = tl.load(ell_cols + p_ell + w, mask=m_cols, other=0).to(tl.int32)
                 r = tl.load(ell_residual + p_ell + w, mask=m_cols, other=0).to(tl.int32)
-                sigma = tl.load(scales + cols * G + j // 128, mask=m_cols, other=0.0)
-                spikes = tl.load(s_t + j.to(tl.int64)[:, None] * M + rows[None, :],
-                                 mask=m_cols[:, None] & m_rows[None, :], other=0)  # [BN, BM]
-                ell_tile += (spikes * r[:, None]).to(tl.float32) * sigma[:, None]
+                live, work = m_cols, True
+                if DENSE_ELL:
+                    previous = tl.load(ell_cols + p_ell + w - 1, mask=m_cols & (w > 0), other=-1).to(tl.int32)
+                    live = m_cols & (j == previous) & (r != 0)
+                    work = tl.max(live.to(tl.int32), axis=0) > 0
+                if work:
+                    sigma = tl.load(scales + cols * G + j // 128, mask=live, other=0.0)
+                    spikes = tl.load(s_t + j.to(tl.int64)[:, None] * M + rows[None, :],
+                                     mask=live[:, None] & m_rows[None, :], other=0)  # [BN, BM]
+                    ell_tile += (spikes * r[:, None]).to(tl.float32) * sigma[:, None]
             out_tile += tl.trans(ell_tile)
         tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
         store_tile(out_tile, y, partials, counters, vth, bias, rows, cols, tile, split, splits, M, N, SPLIT,

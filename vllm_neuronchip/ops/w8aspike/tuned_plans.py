@@ -15,7 +15,7 @@ from pathlib import Path
 TABLE = Path(__file__).with_name("tuned_plans.json")
 
 PLAN_SETTINGS = ("kind", "bm", "bn", "gb", "num_warps", "num_stages", "fp32_products", "programs_per_sm", "ell_block",
-                 "prefetch")
+                 "prefetch", "dense_ell")
 """The `make_plan` arguments a table stores for one plan."""
 
 
