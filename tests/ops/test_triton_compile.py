@@ -2,7 +2,7 @@
 
 The GPU entry points run on CPU tensors with launches recorded instead of run; each recorded launch is then
 compiled to a cubin by Triton's own compiler, specialised as a launch would be (tensors and integers divisible by
-16 marked so, which is what lets Triton pipeline the dot loops with cp.async). This catches what the interpreter
+16 marked so, which is what lets Triton pipeline the dot loops with cp.async; integers equal to 1 become constants). This catches what the interpreter
 (TRITON_INTERPRET=1) cannot: code that Triton cannot lower for the GPU. Results are checked elsewhere
 (interpreter and GPU tests).
 """
@@ -57,7 +57,7 @@ def compile_for_h100(kernel, args, kwargs) -> None:
     signature, constexprs, aligned = {}, {}, {}
     for index, (name, parameter) in enumerate(parameters.items()):
         value = values[name]
-        if "constexpr" in str(parameter.annotation):
+        if "constexpr" in str(parameter.annotation) or (type(value) is int and value == 1):  # as the launcher does
             signature[name], constexprs[name] = "constexpr", value
             continue
         signature[name] = argument_type(value)

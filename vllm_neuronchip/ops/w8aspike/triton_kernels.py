@@ -281,7 +281,8 @@ def w8aspike_matmul(
         digits = torch.empty(3, M, K, dtype=torch.int8, device=s.device)
         s_t = torch.empty(K, M, dtype=torch.int32, device=s.device) if W else digits
         flags = torch.zeros(G, dtype=torch.int32, device=s.device)
-        _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, digits, s_t, flags, M, K=K, PM=PREP_ROWS, WRITE_T=W > 0)
+        _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, digits, s_t, flags, M, M * K, K=K, PM=PREP_ROWS,
+                                                       WRITE_T=W > 0)
         dense = plan.dense_ell and W > 0
         plane = torch.zeros(N, K, dtype=torch.int8, device=s.device) if dense else codes
         if dense:
@@ -289,7 +290,7 @@ def w8aspike_matmul(
                 ell_cols, ell_residual, plane, N, W, K=K, RB=EXPAND_ROWS, WB=EXPAND_SLOTS)
         _dot_kernel()[(triton.cdiv(M, plan.bm), triton.cdiv(N, plan.bn), plan.splits)](
             digits, s_t, flags, codes, plane, sigma, vth, bias_or_y, ell_cols, ell_residual, y, partials, counters,
-            M, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits, DENSE_ELL=dense, **common,
+            M, M * K, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits, DENSE_ELL=dense, **common,
         )
     return y
 
@@ -506,7 +507,8 @@ def _prep_kernel():
     import triton.language as tl
 
     @triton.jit
-    def spike_digits_kernel(s, digits, s_t, flags, M, K: tl.constexpr, PM: tl.constexpr, WRITE_T: tl.constexpr):
+    def spike_digits_kernel(s, digits, s_t, flags, M, digit_plane, K: tl.constexpr, PM: tl.constexpr,
+                            WRITE_T: tl.constexpr):
         # One program per PM rows and 128-group g of s: int8 digits [3, M, K] with s = d0 + 128·d1 + 16384·d2,
         # d0 = s where |s| <= 127 (then d1 = d2 = 0), else the low balanced base-128 digit of s (in [-64, 63]);
         # flags[g] = max over rows of the digits needed (0: s fits int8, 1: d1, 2: d2), by atomic max (order-free:
@@ -523,10 +525,10 @@ def _prep_kernel():
         digit2 = (t - digit1) >> 7
         level = tl.where(big, tl.where(digit2 != 0, 2, 1), 0)
         p_digits = digits + rows.to(tl.int64)[:, None] * K + ks[None, :]
-        plane = M.to(tl.int64) * K
+        p_d1 = p_digits + digit_plane.to(tl.int64)  # digit_plane = M · K: d1 after d0, d2 after d1
         tl.store(p_digits, digit0.to(tl.int8), mask=m_rows[:, None])
-        tl.store(p_digits + plane, digit1.to(tl.int8), mask=m_rows[:, None])
-        tl.store(p_digits + 2 * plane, digit2.to(tl.int8), mask=m_rows[:, None])
+        tl.store(p_d1, digit1.to(tl.int8), mask=m_rows[:, None])
+        tl.store(p_d1 + digit_plane.to(tl.int64), digit2.to(tl.int8), mask=m_rows[:, None])
         if WRITE_T:
             tl.store(s_t + ks.to(tl.int64)[None, :] * M + rows[:, None], a, mask=m_rows[:, None])
         tl.atomic_max(flags + g, tl.max(tl.max(level, axis=1), axis=0))
@@ -568,7 +570,7 @@ def _dot_kernel():
     @triton.jit
     def w8aspike_dot_kernel(
         digits, s_t, flags, codes, plane, scales, vth, bias, ell_cols, ell_residual, y, partials, counters,
-        M, N, W, groups_per_split, ell_per_split, splits,
+        M, digit_plane, N, W, groups_per_split, ell_per_split, splits,
         K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, DENSE_ELL: tl.constexpr,
     ):
@@ -597,19 +599,20 @@ def _dot_kernel():
                 acc = tl.dot(a, tl.load(p_plane + g * 128, mask=m_cols[None, :], other=0), acc, out_dtype=tl.int32)
             sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
             out_tile += acc.to(tl.float32) * sigma[None, :]
-        digit_plane = M.to(tl.int64) * K  # the offset of d1 in digits, and of d2 from d1
         for g in range(g_start, g_end):  # the higher digits, only in the groups the prep kernel flagged
             level = tl.load(flags + g)
             if level > 0:
                 b = tl.load(p_codes + g * 128, mask=m_cols[None, :], other=0)
-                a = tl.load(digits + digit_plane + row_offsets + g * 128, mask=m_rows[:, None], other=0)
+                a = tl.load(digits + digit_plane.to(tl.int64) + row_offsets + g * 128, mask=m_rows[:, None],
+                            other=0)
                 acc = tl.dot(a, b, out_dtype=tl.int32)
                 if DENSE_ELL:
                     acc = tl.dot(a, tl.load(p_plane + g * 128, mask=m_cols[None, :], other=0), acc,
                                  out_dtype=tl.int32)
                 acc *= 128
                 if level > 1:
-                    a = tl.load(digits + 2 * digit_plane + row_offsets + g * 128, mask=m_rows[:, None], other=0)
+                    a = tl.load(digits + 2 * digit_plane.to(tl.int64) + row_offsets + g * 128,
+                                mask=m_rows[:, None], other=0)
                     acc2 = tl.dot(a, b, out_dtype=tl.int32)
                     if DENSE_ELL:
                         acc2 = tl.dot(a, tl.load(p_plane + g * 128, mask=m_cols[None, :], other=0), acc2,
