@@ -87,7 +87,7 @@ def main() -> None:
     llm = LLM(
         model=str(model_dir), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
         max_model_len=max_len, enable_prefix_caching=False, max_num_seqs=16, gpu_memory_utilization=0.9,
-        quantization="w8aspike" if args.model == "spikingbrain-w8aspike" else None,
+        quantization="w8aspike" if args.model.startswith("spikingbrain-w8aspike") else None,
     )
     engine_start_s = time.perf_counter() - start
     print(f"[{args.model}] engine start {engine_start_s:.1f} s", flush=True)

@@ -17,6 +17,7 @@
 #   w8aspike-tests  the W8ASpike GPU tests alone (four processes at once: Triton compiling dominates)
 #   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike (TTFT and decode at 4K to 128K)
 #   bf16-serve the same on SpikingBrain-7B bf16: w8aspike-serve's baseline, run in the same session
+#   w8aspike-down-serve  W8ASpike with the opt-in spiked down_proj: decode at 1K and 128K, TTFT at 4K
 #   capacity [MODEL [N [LENGTH]]]  N (default 64) requests of LENGTH (default 32768) tokens at once in an 8 GiB KV
 #              cache: the peak that run together (serving.py's probe: long outputs, stops at a plateau)
 #              (ours holds a window and one GLA state per request at any length, so its 32K count should hold at 128K;
@@ -30,7 +31,7 @@
 #   tp2-tiny   (nvidia-h200-x2) vllm serve of a tiny checkpoint at TP=2 through the OpenAI API
 #   tp1, tp2   TTFT at 128K and 512K, decode after each, TP=1 (run with CUDA_VISIBLE_DEVICES=0) or TP=2
 set -uo pipefail
-step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-prefill-sweep|w8aspike-tests|w8aspike-serve|bf16-serve|capacity|capacity-both|profile|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
+step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-prefill-sweep|w8aspike-tests|w8aspike-serve|w8aspike-down-serve|bf16-serve|capacity|capacity-both|profile|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHINFER_SAMPLER=0
@@ -101,6 +102,7 @@ case "$step" in
     done
     wait; for i in "${!parts[@]}"; do summary "$out/gpu_w8aspike_tests_$i.log"; done ;;
   w8aspike-serve) serving spikingbrain-w8aspike 580 --lengths 4096 32768 131072 --decode-only 1024 ;;
+  w8aspike-down-serve) serving spikingbrain-w8aspike-down 580 --lengths 4096 --decode-only 1024 131072 --concurrency ;;
   bf16-serve) serving spikingbrain 580 --lengths 4096 32768 131072 --decode-only 1024 ;;  # w8aspike-serve's baseline
   capacity) serving "${2:-spikingbrain}" 580 --lengths 4096 --decode-only --concurrency \
     --kv-cache-memory-gib 8 --probe "${4:-32768}" "${3:-64}" --gpu-memory-utilization "${SHARE:-0.9}" \

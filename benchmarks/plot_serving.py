@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 LABELS = {"spikingbrain": "SpikingBrain-7B (bf16)", "spikingbrain-w8aspike": "SpikingBrain-7B (W8ASpike)",
+          "spikingbrain-w8aspike-down": "SpikingBrain-7B (W8ASpike, spiked down_proj)",
           "dense-peer": "dense peer (Qwen2-7B)", "swa-peer": "sliding-window peer (4096)"}
 
 

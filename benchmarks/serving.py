@@ -12,8 +12,9 @@ torch.compile on), prefix caching off, the same memory and batching limits for e
   - `--probe LENGTH REQUESTS` (with `--kv-cache-memory-gib` for the same budget in every model): all
     requests at once with outputs as long as the context allows, and the peak of vLLM's running-request gauge
     with the KV-cache usage there, i.e. how many fit at the same time (see `peak_running`).
-Models: spikingbrain (ours), spikingbrain-w8aspike (ours, `--quantization w8aspike`), dense-peer (Qwen2-7B
-shapes), swa-peer (the same with a 4096-token window on every layer). Writes serving_<model>.json under --out.
+Models: spikingbrain (ours), spikingbrain-w8aspike (ours, `--quantization w8aspike`: down_proj in float, spec D7),
+spikingbrain-w8aspike-down (the same with the opt-in `spike_down_proj`), dense-peer (Qwen2-7B shapes), swa-peer
+(the same with a 4096-token window on every layer). Writes serving_<model>.json under --out.
 
     python benchmarks/serving.py --model spikingbrain --lengths 4096 32768 131072 --out benchmarks/results/gpu
     python benchmarks/serving.py --model dense-peer --shape tiny --lengths 64 --concurrency 2 --out /tmp/x  # CPU smoke
@@ -46,7 +47,7 @@ SHAPES = {
     ),
 }
 WINDOW = 4096
-MODELS = ("spikingbrain", "spikingbrain-w8aspike", "dense-peer", "swa-peer")
+MODELS = ("spikingbrain", "spikingbrain-w8aspike", "spikingbrain-w8aspike-down", "dense-peer", "swa-peer")
 
 
 def model_config(model: str, shape: dict, max_len: int) -> dict:
@@ -58,6 +59,8 @@ def model_config(model: str, shape: dict, max_len: int) -> dict:
         config = GLAswaConfig(**shape, sliding_window=WINDOW).to_diff_dict()
         for key in ("dtype", "head_dim", "layer_types", "transformers_version"):
             config.pop(key, None)
+        if model == "spikingbrain-w8aspike-down":
+            config["quantization_config"] = {"quant_method": "w8aspike", "spike_down_proj": True}
         return config | {"architectures": ["GLAswaForCausalLM"], "torch_dtype": "bfloat16"}
     qwen2 = shape | {
         "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu", "rms_norm_eps": 1e-6,
@@ -323,7 +326,7 @@ def main() -> None:
         "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--no-enable-prefix-caching",
         "--gpu-memory-utilization", str(args.gpu_memory_utilization),
     ]
-    if args.model == "spikingbrain-w8aspike":
+    if args.model.startswith("spikingbrain-w8aspike"):
         serve_args += ["--quantization", "w8aspike"]
     if args.tensor_parallel_size > 1:
         serve_args += ["--tensor-parallel-size", str(args.tensor_parallel_size)]

@@ -18,7 +18,7 @@ from vllm_neuronchip.quantization.checkpoint import full_rank, save_w8aspike_che
 from vllm_neuronchip.quantization.reference import w8aspike_reference_greedy, w8aspike_reference_logits
 from vllm_neuronchip.quantization.spike_linear import EmulatedSpikeBackend
 from vllm_neuronchip.quantization.spike_recorder import RECORDER, spike_stats_snapshot
-from vllm_neuronchip.quantization.w8aspike import set_spike_backend
+from vllm_neuronchip.quantization.w8aspike import W8ASpikeConfig, set_spike_backend
 from vllm_neuronchip.settings import get_settings
 from vllm_neuronchip.tiny_checkpoint import TinySpec
 
@@ -171,3 +171,14 @@ def test_malformed_released_checkpoint_fails_naming_the_tensor(tmp_path, breakag
     rewrite(tmp_path, change)
     with pytest.raises(CheckpointMismatchError, match=message):
         make_llm(tmp_path)
+
+
+@pytest.mark.parametrize("spike_down_proj", [False, True])
+def test_down_proj_is_quantized_only_when_opted_in(spike_down_proj):
+    """Spec D7: q/k/v/o, the full-rank gate and gate/up are W8ASpike; down_proj only with `spike_down_proj`
+    in the quantization_config; a low-rank gate never."""
+    config = W8ASpikeConfig.from_config({"quant_method": "w8aspike", "spike_down_proj": spike_down_proj})
+    for name in ("self_attn.qkv_proj", "self_attn.o_proj", "self_attn.gk_proj", "mlp.gate_up_proj"):
+        assert config.is_quantized(f"model.layers.0.{name}")
+    assert config.is_quantized("model.layers.0.mlp.down_proj") == spike_down_proj
+    assert not config.is_quantized("model.layers.0.self_attn.gk_proj.0")
