@@ -2,12 +2,17 @@
 
 The GPU entry points run on CPU tensors with launches recorded instead of run; each recorded launch is then
 compiled to a cubin by Triton's own compiler, specialised as a launch would be (tensors and integers divisible by
-16 marked so, which is what lets Triton pipeline the dot loops with cp.async; integers equal to 1 become constants). This catches what the interpreter
-(TRITON_INTERPRET=1) cannot: code that Triton cannot lower for the GPU. Results are checked elsewhere
+16 marked so, which is what lets Triton pipeline the dot loops with cp.async; integers equal to 1 become
+constants). This catches what the interpreter (TRITON_INTERPRET=1) cannot: code that Triton cannot lower for the
+GPU, and register spills in the GEMMs' hot loops (read from the cubin's SASS). Results are checked elsewhere
 (interpreter and GPU tests).
 """
 
 import inspect
+import re
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,7 +56,7 @@ def argument_type(value) -> str:
     raise TypeError(f"no Triton type for {value!r}")
 
 
-def compile_for_h100(kernel, args, kwargs) -> None:
+def compile_for_h100(kernel, args, kwargs):
     parameters = inspect.signature(kernel.fn).parameters
     values = dict(zip(parameters, args)) | {k: v for k, v in kwargs.items() if k not in LAUNCH_OPTIONS}
     signature, constexprs, aligned = {}, {}, {}
@@ -67,6 +72,25 @@ def compile_for_h100(kernel, args, kwargs) -> None:
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned),
                               target=H100, options=options)
     assert compiled.asm["cubin"], kernel.fn.__name__
+    return compiled
+
+
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+def first_loop_spills(cubin: bytes) -> int:
+    """Local-memory loads and stores (register spills) inside the first loop of a cubin's SASS (by Triton's bundled
+    cuobjdump): in the GEMM kernels, the loop over K groups, which runs every step."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        sass = subprocess.run([str(CUOBJDUMP), "-sass", file.name], capture_output=True, text=True, check=True)
+    code = [(int(address, 16), text) for address, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass.stdout)]
+    loops = [(int(target, 16), address) for address, text in code
+             for target in re.findall(r"BRA (0x[0-9a-f]+)", text) if int(target, 16) < address]
+    assert loops, "no loop in the kernel"
+    start, end = min(loops)
+    return sum(bool(re.search(r"\b(?:LDL|STL)\b", text)) for address, text in code if start <= address <= end)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -106,3 +130,18 @@ def test_w8aspike_kernels_compile(monkeypatch, M, N, K, overflow, with_bias, out
         compile_for_h100(*launch)
         kernels.add(launch[0].fn.__name__)
     assert "spike_quantize_kernel" in kernels and len(kernels) >= 2, kernels
+
+
+@pytest.mark.skipif(not CUOBJDUMP.exists(), reason="this triton has no cuobjdump")
+@pytest.mark.parametrize("M", [1, 16, 64, 4096])
+@pytest.mark.parametrize("N,K", [(4608, 3584), (3584, 18944)])
+def test_w8aspike_default_plans_do_not_spill(monkeypatch, M, N, K):
+    """The default plans' GEMM kernels at 7B shapes do not spill registers in their loop over K groups: a branch in
+    the dot path's group loop once made the 128 x 128 prefill tile spill there in every step (132 local stores)."""
+    weight, scales, bias = make_weight(N, K)
+    s, vth = torch.zeros(M, K, dtype=torch.int32), torch.ones(M, 1)
+    launches = recorded_launches(monkeypatch, lambda: triton_kernels.w8aspike_matmul(
+        s, vth, weight, scales, bias, out_dtype=torch.bfloat16))
+    for kernel, args, kwargs in launches:
+        if kernel.fn.__name__ in ("w8aspike_gemv_kernel", "w8aspike_dot_kernel"):
+            assert first_loop_spills(compile_for_h100(kernel, args, kwargs).asm["cubin"]) == 0, kernel.fn.__name__
