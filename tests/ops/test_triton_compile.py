@@ -62,12 +62,13 @@ def compile_for_h100(kernel, args, kwargs):
     signature, constexprs, aligned = {}, {}, {}
     for index, (name, parameter) in enumerate(parameters.items()):
         value = values[name]
-        if "constexpr" in str(parameter.annotation) or (type(value) is int and value == 1):  # as the launcher does
+        unspecialised = name in kernel.do_not_specialize or index in kernel.do_not_specialize
+        if "constexpr" in str(parameter.annotation) or (type(value) is int and value == 1 and not unspecialised):
             signature[name], constexprs[name] = "constexpr", value
             continue
         signature[name] = argument_type(value)
-        if isinstance(value, torch.Tensor) or (type(value) is int and value % 16 == 0):
-            aligned[(index,)] = [["tt.divisibility", 16]]  # CUDA allocations are 256-byte aligned
+        if isinstance(value, torch.Tensor) or (type(value) is int and value % 16 == 0 and not unspecialised):
+            aligned[(index,)] = [["tt.divisibility", 16]]  # as the launcher does; CUDA allocations are aligned
     options = {k: v for k, v in kwargs.items() if k in LAUNCH_OPTIONS}
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned),
                               target=H100, options=options)
@@ -145,3 +146,24 @@ def test_w8aspike_default_plans_do_not_spill(monkeypatch, M, N, K):
     for kernel, args, kwargs in launches:
         if kernel.fn.__name__ in ("w8aspike_gemv_kernel", "w8aspike_dot_kernel"):
             assert first_loop_spills(compile_for_h100(kernel, args, kwargs).asm["cubin"]) == 0, kernel.fn.__name__
+
+
+def test_w8aspike_kernels_compile_once_per_plan_whatever_the_row_count(monkeypatch):
+    """Row counts with the same plan differ only in row-dependent arguments, which the kernels do not specialise
+    on: a prefill of an odd length reuses the kernels compiled for a multiple of 16 instead of compiling while
+    serving (vLLM warned of exactly that on the H100)."""
+    weight, scales, bias = make_weight(512, 3584)
+
+    def specialisations(M):
+        s, vth = torch.zeros(M, 3584, dtype=torch.int32), torch.ones(M, 1)
+        launches = recorded_launches(monkeypatch, lambda: triton_kernels.w8aspike_matmul(s, vth, weight, scales, bias))
+        keys = []
+        for kernel, args, kwargs in launches:
+            parameters = list(inspect.signature(kernel.fn).parameters)
+            specialised = tuple((name, argument_type(value), value == 1, value % 16 == 0)
+                                for name, value in zip(parameters, args)
+                                if type(value) is int and name not in kernel.do_not_specialize)
+            keys.append((kernel.fn.__name__, specialised, sorted(kwargs.items())))
+        return keys
+
+    assert specialisations(4096) == specialisations(4097) == specialisations(5003)

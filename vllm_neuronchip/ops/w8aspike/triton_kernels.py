@@ -72,6 +72,10 @@ PREP_ROWS = 32
 EXPAND_ROWS, EXPAND_SLOTS = 16, 64
 """Rows per program, and ELL slots per step, of the kernel that expands first pieces into a dense plane."""
 
+ROW_DEPENDENT = ("M", "groups_per_split", "ell_per_split", "splits")
+"""Kernel arguments that change with the number of rows: not specialised (Triton would otherwise compile again for
+a row count equal to 1 or divisible by 16, e.g. in the middle of serving, for the first prompt of an odd length)."""
+
 DIGIT_LIMIT = 2**21
 """|s| below which the three int8 base-128 digits of the dot path are exact (|d2| <= 127)."""
 
@@ -279,9 +283,10 @@ def w8aspike_matmul(
         )
     else:
         digits = torch.empty(3, M, K, dtype=torch.int8, device=s.device)
-        s_t = torch.empty(K, M, dtype=torch.int32, device=s.device) if W else digits
+        ld_st = -(-M // 16) * 16  # sᵀ rows padded to 16 columns: aligned gathers whatever M is
+        s_t = torch.empty(K, ld_st, dtype=torch.int32, device=s.device) if W else digits
         flags = torch.zeros(G, dtype=torch.int32, device=s.device)
-        _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, digits, s_t, flags, M, M * K, K=K, PM=PREP_ROWS,
+        _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, digits, s_t, flags, M, M * K, ld_st, K=K, PM=PREP_ROWS,
                                                        WRITE_T=W > 0)
         dense = plan.dense_ell and W > 0
         plane = torch.zeros(N, K, dtype=torch.int8, device=s.device) if dense else codes
@@ -290,7 +295,8 @@ def w8aspike_matmul(
                 ell_cols, ell_residual, plane, N, W, K=K, RB=EXPAND_ROWS, WB=EXPAND_SLOTS)
         _dot_kernel()[(triton.cdiv(M, plan.bm), triton.cdiv(N, plan.bn), plan.splits)](
             digits, s_t, flags, codes, plane, sigma, vth, bias_or_y, ell_cols, ell_residual, y, partials, counters,
-            M, M * K, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits, DENSE_ELL=dense, **common,
+            M, M * K, ld_st if W else M, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits,
+            DENSE_ELL=dense, **common,
         )
     return y
 
@@ -437,7 +443,7 @@ def _gemv_kernel():
 
     _define_helpers()
 
-    @triton.jit
+    @triton.jit(do_not_specialize=ROW_DEPENDENT)
     def w8aspike_gemv_kernel(
         s, codes, scales, vth, bias, ell_cols, ell_residual, y, partials, counters,
         M, N, W, groups_per_split, ell_per_split, splits,
@@ -506,13 +512,13 @@ def _prep_kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def spike_digits_kernel(s, digits, s_t, flags, M, digit_plane, K: tl.constexpr, PM: tl.constexpr,
+    @triton.jit(do_not_specialize=ROW_DEPENDENT)
+    def spike_digits_kernel(s, digits, s_t, flags, M, digit_plane, ld_st, K: tl.constexpr, PM: tl.constexpr,
                             WRITE_T: tl.constexpr):
         # One program per PM rows and 128-group g of s: int8 digits [3, M, K] with s = d0 + 128·d1 + 16384·d2,
         # d0 = s where |s| <= 127 (then d1 = d2 = 0), else the low balanced base-128 digit of s (in [-64, 63]);
         # flags[g] = max over rows of the digits needed (0: s fits int8, 1: d1, 2: d2), by atomic max (order-free:
-        # deterministic). s_t = sᵀ [K, M] for the ELL gathers of the dot path (columns of s contiguous over rows).
+        # deterministic). s_t = sᵀ [K, ld_st >= M] for the ELL gathers of the dot path (columns of s contiguous).
         g = tl.program_id(1)
         rows = tl.program_id(0) * PM + tl.arange(0, PM)
         ks = g * 128 + tl.arange(0, 128)
@@ -530,7 +536,7 @@ def _prep_kernel():
         tl.store(p_d1, digit1.to(tl.int8), mask=m_rows[:, None])
         tl.store(p_d1 + digit_plane.to(tl.int64), digit2.to(tl.int8), mask=m_rows[:, None])
         if WRITE_T:
-            tl.store(s_t + ks.to(tl.int64)[None, :] * M + rows[:, None], a, mask=m_rows[:, None])
+            tl.store(s_t + ks.to(tl.int64)[None, :] * ld_st + rows[:, None], a, mask=m_rows[:, None])
         tl.atomic_max(flags + g, tl.max(tl.max(level, axis=1), axis=0))
 
     return spike_digits_kernel
@@ -567,10 +573,10 @@ def _dot_kernel():
 
     _define_helpers()
 
-    @triton.jit
+    @triton.jit(do_not_specialize=ROW_DEPENDENT)
     def w8aspike_dot_kernel(
         digits, s_t, flags, codes, plane, scales, vth, bias, ell_cols, ell_residual, y, partials, counters,
-        M, digit_plane, N, W, groups_per_split, ell_per_split, splits,
+        M, digit_plane, ld_st, N, W, groups_per_split, ell_per_split, splits,
         K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, DENSE_ELL: tl.constexpr,
     ):
@@ -639,7 +645,7 @@ def _dot_kernel():
                     work = tl.max(live.to(tl.int32), axis=0) > 0
                 if work:
                     sigma = tl.load(scales + cols * G + j // 128, mask=live, other=0.0)
-                    spikes = tl.load(s_t + j.to(tl.int64)[:, None] * M + rows[None, :],
+                    spikes = tl.load(s_t + j.to(tl.int64)[:, None] * ld_st + rows[None, :],
                                      mask=live[:, None] & m_rows[None, :], other=0)  # [BN, BM]
                     ell_tile += (spikes * r[:, None]).to(tl.float32) * sigma[:, None]
             out_tile += tl.trans(ell_tile)
