@@ -162,16 +162,17 @@ def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> Ge
     two programs per SM (the H100 sweep's best at M = 16); else BM 64 (M <= 64) or 128, 8 warps, split-K to one
     program per SM."""
     sm_count = DEFAULT_SM_COUNT if sm_count is None else sm_count
-    if M <= GEMV_DEFAULT_MAX_M:
+    rows = plan_range(M)
+    if rows == 0:
         for bn, gb in GEMV_TILES:
             if -(-N // bn) * -(-G // gb) >= 2 * sm_count:
                 break
         return make_plan("gemv", M, N, G, W, sm_count, bn=bn, gb=gb, num_warps=4, num_stages=1,
                          programs_per_sm=GEMV_PROGRAMS_PER_SM)
     bn = 64 if N <= 1024 else 128
-    if M <= GEMV_MAX_M:
+    if rows == 1:
         return make_plan("dot", M, N, G, W, sm_count, bm=16, bn=bn, num_warps=4, num_stages=3, programs_per_sm=2.0)
-    bm = 64 if M <= 64 else 128
+    bm = 64 if rows == 2 else 128
     return make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=8 if bm * bn >= 8192 else 4,
                      num_stages=3, programs_per_sm=1.0)
 
@@ -187,7 +188,7 @@ def device_plan(M: int, N: int, G: int, W: int, device: torch.device) -> GemmPla
 
 
 def plan_range(M: int) -> int:
-    """Which of `gemm_plan`'s ranges of M this is: 0 GEMV, 1 dot with BM 16, 2 dot up to 64 rows, 3 beyond."""
+    """Which of `gemm_plan`'s ranges of M this is: 0 GEMV, 1 dot with BM 16, 2 dot with BM 64, 3 dot with BM 128."""
     return 0 if M <= GEMV_DEFAULT_MAX_M else 1 if M <= GEMV_MAX_M else 2 if M <= 64 else 3
 
 
@@ -295,7 +296,7 @@ def w8aspike_matmul(
                 ell_cols, ell_residual, plane, N, W, K=K, RB=EXPAND_ROWS, WB=EXPAND_SLOTS)
         _dot_kernel()[(triton.cdiv(M, plan.bm), triton.cdiv(N, plan.bn), plan.splits)](
             digits, s_t, flags, codes, plane, sigma, vth, bias_or_y, ell_cols, ell_residual, y, partials, counters,
-            M, M * K, ld_st if W else M, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits,
+            M, M * K, ld_st, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits,
             DENSE_ELL=dense, **common,
         )
     return y
@@ -375,15 +376,16 @@ def _quantize_kernel():
     return spike_quantize_kernel
 
 
-store_tile = ell_slots = write_y = None
-"""Triton functions of the GEMMs (the epilogue and write of y of both, the GEMV's ELL slot loads) that
+store_tile = ell_slots = write_y = codes_dot = None
+"""Triton functions of the GEMMs (the epilogue and write of y of both, the GEMV's ELL slot loads, the dot path's
+int8 dot of the codes) that
 `_define_helpers` puts here (triton is imported lazily; the kernels reach them as module globals, which both
 Triton's compiler and its interpreter resolve)."""
 
 
 @functools.cache
 def _define_helpers() -> None:
-    global store_tile, ell_slots, write_y
+    global store_tile, ell_slots, write_y, codes_dot
     import triton
     import triton.language as tl
 
@@ -432,6 +434,15 @@ def _define_helpers() -> None:
                 tl.atomic_xchg(counters + tile, 0, sem="relaxed", scope="gpu")
         else:
             write_y(out_tile, y, vth, bias, rows, cols, M, N, HAS_BIAS)
+
+    @triton.jit
+    def codes_dot(a, b, p_plane, m_cols, DENSE_ELL: tl.constexpr):
+        # a [BM, 128] int8 digits times the group's codes b [128, BN], plus (DENSE_ELL) its first-piece plane:
+        # |c8 + piece| <= 254, so the sum stays exact in the one int32 accumulator.
+        acc = tl.dot(a, b, out_dtype=tl.int32)
+        if DENSE_ELL:
+            acc = tl.dot(a, tl.load(p_plane, mask=m_cols[None, :], other=0), acc, out_dtype=tl.int32)
+        return acc
 
     store_tile, ell_slots = epilogue, load_ell_slots
 
@@ -600,9 +611,7 @@ def _dot_kernel():
         for g in range(g_start, g_end):  # branch-free, so that its loads pipeline and nothing spills
             a = tl.load(digits + row_offsets + g * 128, mask=m_rows[:, None], other=0)
             b = tl.load(p_codes + g * 128, mask=m_cols[None, :], other=0)
-            acc = tl.dot(a, b, out_dtype=tl.int32)
-            if DENSE_ELL:  # |c8 + first piece| <= 254: d0 · (c8 + piece) stays exact in the int32 accumulator
-                acc = tl.dot(a, tl.load(p_plane + g * 128, mask=m_cols[None, :], other=0), acc, out_dtype=tl.int32)
+            acc = codes_dot(a, b, p_plane + g * 128, m_cols, DENSE_ELL)
             sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
             out_tile += acc.to(tl.float32) * sigma[None, :]
         for g in range(g_start, g_end):  # the higher digits, only in the groups the prep kernel flagged
@@ -611,19 +620,11 @@ def _dot_kernel():
                 b = tl.load(p_codes + g * 128, mask=m_cols[None, :], other=0)
                 a = tl.load(digits + digit_plane.to(tl.int64) + row_offsets + g * 128, mask=m_rows[:, None],
                             other=0)
-                acc = tl.dot(a, b, out_dtype=tl.int32)
-                if DENSE_ELL:
-                    acc = tl.dot(a, tl.load(p_plane + g * 128, mask=m_cols[None, :], other=0), acc,
-                                 out_dtype=tl.int32)
-                acc *= 128
+                acc = codes_dot(a, b, p_plane + g * 128, m_cols, DENSE_ELL) * 128
                 if level > 1:
                     a = tl.load(digits + 2 * digit_plane.to(tl.int64) + row_offsets + g * 128,
                                 mask=m_rows[:, None], other=0)
-                    acc2 = tl.dot(a, b, out_dtype=tl.int32)
-                    if DENSE_ELL:
-                        acc2 = tl.dot(a, tl.load(p_plane + g * 128, mask=m_cols[None, :], other=0), acc2,
-                                      out_dtype=tl.int32)
-                    acc += acc2 * 16384
+                    acc += codes_dot(a, b, p_plane + g * 128, m_cols, DENSE_ELL) * 16384
                 sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
                 out_tile += acc.to(tl.float32) * sigma[None, :]
         if HAS_ELL:

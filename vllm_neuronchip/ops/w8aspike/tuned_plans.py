@@ -23,11 +23,12 @@ def tuned_settings(N: int, K: int, device) -> dict[int, dict]:
     """The table's plan settings by M for codes [N, K] on this CUDA device (empty: keep the default plans)."""
     if device.type != "cuda":
         return {}
-    return {int(m): settings for m, settings in _device_plans(device.index).get(f"{N}x{K}", {}).items()}
+    return _device_plans(device.index).get(f"{N}x{K}", {})
 
 
 @functools.cache
-def _device_plans(index: int | None) -> dict:
+def _device_plans(index: int | None) -> dict[str, dict[int, dict]]:
+    """This device's table entry: per "NxK" shape, plan settings by M (read once, keys made ints here)."""
     import logging
 
     import torch
@@ -39,7 +40,8 @@ def _device_plans(index: int | None) -> dict:
     table = Path(path) if path else TABLE
     gpu = torch.cuda.get_device_name(index)
     name, entry = gpu_tables.entry_for(gpu, gpu_tables.device_arch(index), table)
-    plans = entry.get("plans", {})
+    plans = {shape: {int(m): settings for m, settings in by_m.items()}
+             for shape, by_m in entry.get("plans", {}).items()}
     logging.getLogger("vllm.neuronchip.w8aspike").info(
         "W8ASpike GEMM plans on %s: %d tuned (shape, M) from the %s entry of %s, the default plan elsewhere",
         gpu, sum(map(len, plans.values())), name, table)
