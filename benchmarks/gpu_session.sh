@@ -12,8 +12,9 @@
 #              at M = 1 with the default plans; a GEMV sweep at M = 1 on every 7B shape, whose winners go into the
 #              plan table that later steps use (/var/tmp/w8aspike_plans.json); then every shape against bf16 at
 #              M 1 to 4096 with it
-#   w8aspike-prefill-sweep  the int8-dot plans (dense first ELL pieces too) at M = 4096 on qkv_proj and gate_up_proj,
-#              winners into the same table
+#   w8aspike-prefill-sweep  every 7B shape at M 64 and 4096 with the previous code (benchmarks/scratch/before, if
+#              carried) and with this one, then the int8-dot plans (dense first ELL pieces too) at M = 4096 on qkv_proj
+#              and gate_up_proj, winners into the same table
 #   w8aspike-tests  the W8ASpike GPU tests alone (four processes at once: Triton compiling dominates)
 #   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike (TTFT and decode at 4K to 128K)
 #   bf16-serve the same on SpikingBrain-7B bf16: w8aspike-serve's baseline, run in the same session
@@ -22,8 +23,9 @@
 #              cache: the peak that run together (serving.py's probe: long outputs, stops at a plateau)
 #              (ours holds a window and one GLA state per request at any length, so its 32K count should hold at 128K;
 #              at 128K every admitted prompt is prefilled first, ~3.5 s each: PROBE_LIMIT=330 capacity spikingbrain 80 131072)
-#   capacity-both [LENGTH]  capacity of ours (128 requests) and of the dense peer (16) at once on one GPU, 45% each
-#              (counts, not timings: the two engines share the GPU)
+#   capacity-both [LENGTH [OURS [DENSE]]]  capacity of ours (OURS requests, default 128) and of the dense peer (DENSE,
+#              default 16) at once on one GPU, 45% each (counts, not timings: the two engines share the GPU);
+#              at 128K: PROBE_LIMIT=330 capacity-both 131072 64 2
 #   profile [MODEL [LENGTH]]  where one prefill's GPU time goes (default spikingbrain, 32768 tokens): kernels by
 #              total time under the torch profiler (benchmarks/gpu_latency.py --profile, engine in-process)
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
@@ -88,8 +90,14 @@ case "$step" in
     grep -h "M=    1" "$out/w8aspike_before.log" "$out/w8aspike_default.log"; grep "M=    1" "$out/w8aspike_sweep.log"
     tail -22 "$out/w8aspike_gemm.log" ;;
   w8aspike-prefill-sweep)
+    if [ -d benchmarks/scratch/before ]; then
+      (cd benchmarks/scratch/before && PYTHONPATH="$PWD:$PYTHONPATH" timeout 130 python3 benchmarks/w8aspike_gemm.py \
+        --m 64 4096 --out "$out/before") > "$out/w8aspike_prefill_before.log" 2>&1
+    fi
+    timeout 100 python3 benchmarks/w8aspike_gemm.py --m 64 4096 --out "$out/after" > "$out/w8aspike_prefill_after.log" 2>&1
+    grep -h "M= 4096" "$out/w8aspike_prefill_before.log" "$out/w8aspike_prefill_after.log"
     [ -f "$plans" ] && cp "$plans" "$out/w8aspike_plans.json"
-    timeout 560 python3 benchmarks/w8aspike_gemm.py --sweep --m 4096 --kinds dot --verbose --out "$out" \
+    timeout 320 python3 benchmarks/w8aspike_gemm.py --sweep --m 4096 --kinds dot --verbose --out "$out" \
       --shapes qkv_proj gate_up_proj > "$out/w8aspike_prefill_sweep.log" 2>&1 \
       && cp "$out/w8aspike_plans.json" "$plans"
     grep "M= 4096" "$out/w8aspike_prefill_sweep.log" ;;
@@ -108,8 +116,8 @@ case "$step" in
     --kv-cache-memory-gib 8 --probe "${4:-32768}" "${3:-64}" --gpu-memory-utilization "${SHARE:-0.9}" \
     --probe-limit "${PROBE_LIMIT:-240}" ;;
   capacity-both)
-    INSTALLED=1 SHARE=0.45 bash "$0" capacity spikingbrain 128 "${2:-32768}" & first=$!
-    INSTALLED=1 SHARE=0.45 PORT=8022 bash "$0" capacity dense-peer 16 "${2:-32768}"
+    INSTALLED=1 SHARE=0.45 bash "$0" capacity spikingbrain "${3:-128}" "${2:-32768}" & first=$!
+    INSTALLED=1 SHARE=0.45 PORT=8022 bash "$0" capacity dense-peer "${4:-16}" "${2:-32768}"
     wait "$first" ;;
   profile)
     model="${2:-spikingbrain}"

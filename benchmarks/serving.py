@@ -10,7 +10,8 @@ torch.compile on), prefix caching off, the same memory and batching limits for e
     histograms (the client's time to first token, HTTP included, is kept beside it);
   - `vllm bench serve` (random dataset, 8K in / 256 out) at each `--concurrency`;
   - `--probe LENGTH REQUESTS` (with `--kv-cache-memory-gib` for the same budget in every model): all
-    requests at once with outputs as long as the context allows, and the peak of vLLM's running-request gauge
+    requests at once with outputs of `--probe-output` tokens (long enough to outlive the others' admission),
+    and the peak of vLLM's running-request gauge
     with the KV-cache usage there, i.e. how many fit at the same time (see `peak_running`).
 Models: spikingbrain (ours), spikingbrain-w8aspike (ours, `--quantization w8aspike`: down_proj in float, spec D7),
 spikingbrain-w8aspike-down (the same with the opt-in `spike_down_proj`), dense-peer (Qwen2-7B shapes), swa-peer
@@ -299,6 +300,9 @@ def main() -> None:
     parser.add_argument("--kv-cache-memory-gib", type=float, help="fixed KV-cache budget (instead of utilization)")
     parser.add_argument("--probe", type=int, nargs=2, metavar=("LENGTH", "REQUESTS"),
                         help="send REQUESTS prompts of LENGTH tokens at once; record the peak running")
+    parser.add_argument("--probe-output", type=int, default=2048,
+                        help="tokens each probe request generates (the context is sized for them): requests must "
+                             "outlive the admission of all the others, or the peak measures prefill throughput")
     parser.add_argument("--probe-limit", type=float, default=240.0,
                         help="seconds the probe may run (every admitted prompt is prefilled first: 128K prompts "
                              "take a few seconds each)")
@@ -310,7 +314,7 @@ def main() -> None:
 
     shape = SHAPES[args.shape]
     lengths = sorted(set(args.lengths) | set(args.decode_only))
-    probe_length = [args.probe[0]] if args.probe else []
+    probe_length = [args.probe[0] + args.probe_output] if args.probe else []
     max_len = max(lengths + probe_length + [args.bench_input_len + args.bench_output_len]) + args.decode_tokens + 16
     work = Path(tempfile.mkdtemp(prefix=f"{args.model}-"))
     write_model(work, args.model, shape, max_len)
@@ -368,9 +372,8 @@ def main() -> None:
         if args.probe:
             length, count = args.probe
             prompts = [random_prompt(length, shape["vocab_size"], 10**6 + i) for i in range(count)]
-            room = max_len - length - 16  # outputs as long as the context allows: requests outlive admission
-            save(probe={"prompt_tokens": length} | peak_running(client, server.url, args.model, prompts, room,
-                                                                limit_s=args.probe_limit))
+            save(probe={"prompt_tokens": length} | peak_running(client, server.url, args.model, prompts,
+                                                                args.probe_output, limit_s=args.probe_limit))
             print(f"[{args.model}] probe {json.dumps(report['probe'])}", flush=True)
         sweeps = []
         for concurrency in args.concurrency:
