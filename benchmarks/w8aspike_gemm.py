@@ -285,12 +285,12 @@ def copy_count(w_bf16) -> int:
 
 def copies_of(value, copies: int) -> list:
     """`value` (a tensor or WeightCodes) and copies - 1 clones of it."""
+    import torch
+
     from vllm_neuronchip.quantization.weight_codes import WeightCodes
 
     def clone(v):
-        if isinstance(v, WeightCodes):
-            return WeightCodes(*(t.clone() for t in (v.codes, v.ell_cols, v.ell_residual)))
-        return v.clone()
+        return v.apply(torch.clone) if isinstance(v, WeightCodes) else v.clone()
 
     return [value] + [clone(value) for _ in range(copies - 1)]
 

@@ -3,7 +3,6 @@
 (one and two higher base-128 digits on the dot path), codes beyond ±127 as ELL pieces, split-K at decode sizes,
 the GEMV path (default for M <= 2, possible to 16) and the int8 dot path under their default plans and others."""
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -92,7 +91,7 @@ def assert_matches(actual, expected, rtol=1e-5):
 
 
 def on(weight, device):
-    return WeightCodes(*(getattr(weight, f.name).to(device) for f in dataclasses.fields(weight)))
+    return weight.apply(lambda t: t.to(device))
 
 
 def check_quantize_exact(x, k, device="cpu"):
@@ -203,18 +202,20 @@ def test_naive_matmul_is_integer_path(M, K, N, with_bias):
 
 
 def test_ell_pieces_are_the_exact_codes():
-    """Codes beyond ±127 become int8 pieces of at most ±127 at their column, rows padded with (0, 0)."""
+    """Codes beyond ±127 become int8 pieces of at most ±127 at their column: first pieces first, then further
+    pieces, each part padded with (0, 0)."""
     exact = torch.zeros(3, GROUP_SIZE, dtype=torch.int64)
     exact[:, :4] = torch.tensor([[0, 128, -127, 5], [-300, 127, 1000, 0], [1, 2, 3, 4]])
     weight = WeightCodes.from_exact(exact)
     assert weight.codes.dtype == torch.int8 and weight.ell_cols.dtype == torch.int16
     assert weight.ell_residual.dtype == torch.int8
     assert torch.equal(weight.codes.int(), exact.clamp(-127, 127).int())
-    # row 0: 128 = 127 + 1; row 1: -300 = -127 - 127 - 46 and 1000 = 127 + 6 · 127 + 111: W = 2 + 7
-    assert weight.ell_cols.shape == (3, 9)
+    # row 0: 128 = 127 + 1; row 1: -300 = -127 - 127 - 46 and 1000 = 127 + 127 + 5 · 127 + 111:
+    # first pieces (1 and 2 of them) in W1 = 2 slots, then further pieces (0 and 1 + 6) in 7
+    assert weight.ell_cols.shape == (3, 9) and weight.first_width == 2
     assert weight.ell_residual[0].tolist() == [1] + [0] * 8 and weight.ell_cols[0].tolist() == [1] + [0] * 8
-    assert weight.ell_residual[1].tolist() == [-127, -46] + [127] * 6 + [111]
-    assert weight.ell_cols[1].tolist() == [0, 0] + [2] * 7
+    assert weight.ell_residual[1].tolist() == [-127, 127, -46] + [127] * 5 + [111]
+    assert weight.ell_cols[1].tolist() == [0, 2, 0] + [2] * 6
     assert not weight.ell_residual[2].any()
     assert torch.equal(weight.exact(), exact.int())
 

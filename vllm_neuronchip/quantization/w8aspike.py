@@ -130,12 +130,13 @@ class W8ASpikeLinearMethod(LinearMethodBase):
         layer.weight_scale = torch.nn.Parameter(scales, requires_grad=False)
         for name in ("ell_cols", "ell_residual"):
             layer.register_buffer(f"weight_{name}", getattr(codes, name), persistent=False)
+        layer.weight_ell_first_width = codes.first_width
         layer.w8aspike_key = f"{self.prefix}@{id(layer):x}"
         _LAYERS[layer.w8aspike_key] = layer
 
     @staticmethod
     def weight_codes_of(layer) -> WeightCodes:
-        return WeightCodes(layer.weight, layer.weight_ell_cols, layer.weight_ell_residual)
+        return WeightCodes(layer.weight, layer.weight_ell_cols, layer.weight_ell_residual, layer.weight_ell_first_width)
 
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """Through the opaque `vllm::w8aspike_linear` op, so torch.compile leaves the Triton kernels,

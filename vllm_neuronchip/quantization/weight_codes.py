@@ -21,14 +21,17 @@ class WeightCodes:
     """Exact codes c [out, in] = `codes` + the ELL pieces of each row: c[n, ell_cols[n, w]] += ell_residual[n, w].
 
     A code beyond ±127 is its clamp plus ceil(|c - clamp| / 127) pieces of at most ±127 at its column, so every
-    piece fits int8 (3 bytes an entry with int16 columns). Rows are padded to W = the most pieces of any row
-    with (column 0, piece 0), which adds nothing. For the real checkpoint (~1% of codes beyond ±127, all within
-    ±254) W is about 1.5x the mean count: ~5% of the int8 bytes at K = 3584 in the worst-padded layer. One row
-    with many more outliers than the others widens every row of its layer; there is no cap."""
+    piece fits int8 (3 bytes an entry with int16 columns). Slots [0, first_width) of a row hold the first piece of
+    each of its overflowing codes (by column, at most one per column: with the clamp they cover |c| <= 254), slots
+    [first_width, W) the further pieces of codes beyond ±254; each part is padded to its widest row with
+    (column 0, piece 0), which adds nothing. For the real checkpoint (~1% of codes beyond ±127, all within ±254)
+    W is about 1.5x the mean count: ~5% of the int8 bytes at K = 3584 in the worst-padded layer. One row with many
+    more outliers than the others widens every row of its layer; there is no cap."""
 
     codes: torch.Tensor  # int8 [out, in], clamped to ±127
     ell_cols: torch.Tensor  # int16 (int32 for in > 2^15) [out, W]
     ell_residual: torch.Tensor  # int8 [out, W], 0 in the padding
+    first_width: int  # slots holding first pieces (the rest hold further pieces)
 
     @classmethod
     def from_exact(cls, exact: torch.Tensor) -> "WeightCodes":
@@ -45,20 +48,28 @@ class WeightCodes:
                              f"{out * in_features} codes: expected codes mostly within ±127 (wrong scales?)")
         first_entry = (torch.cumsum(pieces, 0) - pieces).repeat_interleave(pieces)
         rows, cols, residual, pieces = [t.repeat_interleave(pieces) for t in (rows, cols, residual, pieces)]
-        entry = torch.arange(total, device=exact.device)
-        piece_index = entry - first_entry  # 0 .. pieces - 1 within one code
+        piece_index = torch.arange(total, device=exact.device) - first_entry  # 0 .. pieces - 1 within one code
         sign = residual.sign()
         last = piece_index == pieces - 1
         value = torch.where(last, residual - sign * INT8_LIMIT * (pieces - 1), sign * INT8_LIMIT)
-        counts = torch.bincount(rows, minlength=out)
-        width = int(counts.max()) if total else 0
-        slot = entry - (torch.cumsum(counts, 0) - counts)[rows]
+        # Entries grouped by (row, first piece or further one), stably: each group keeps its column order.
+        part = rows * 2 + (piece_index > 0)
+        order = torch.sort(part, stable=True).indices
+        rows, cols, value, part = rows[order], cols[order], value[order], part[order]
+        counts = torch.bincount(part, minlength=2 * out).view(out, 2)
+        first_width, later_width = (int(w) for w in counts.max(0).values) if total else (0, 0)
+        rank = torch.arange(total, device=exact.device) - (torch.cumsum(counts.flatten(), 0) - counts.flatten())[part]
+        slot = rank + (part % 2) * first_width
         index_dtype = torch.int16 if in_features <= INT16_COLUMNS else torch.int32
-        ell_cols = torch.zeros(out, width, dtype=index_dtype, device=exact.device)
-        ell_residual = torch.zeros(out, width, dtype=torch.int8, device=exact.device)
+        ell_cols = torch.zeros(out, first_width + later_width, dtype=index_dtype, device=exact.device)
+        ell_residual = torch.zeros(out, first_width + later_width, dtype=torch.int8, device=exact.device)
         ell_cols[rows, slot] = cols.to(index_dtype)
         ell_residual[rows, slot] = value.to(torch.int8)
-        return cls(clamped.to(torch.int8), ell_cols, ell_residual)
+        return cls(clamped.to(torch.int8), ell_cols, ell_residual, first_width)
+
+    def apply(self, fn) -> "WeightCodes":
+        """The same codes with `fn` applied to each tensor (e.g. `.to(device)`, `torch.clone`)."""
+        return WeightCodes(fn(self.codes), fn(self.ell_cols), fn(self.ell_residual), self.first_width)
 
     @property
     def shape(self) -> torch.Size:

@@ -18,9 +18,10 @@ Two GEMM paths, picked by `gemm_plan` from the shapes alone (no autotuning, no h
   one loaded scalar, no reduction), each combined exactly in int32 before σ.
 
 With `dense_ell` (a dot-plan option for large M, where the ELL gathers dominate), a small kernel first expands
-each column's first ELL piece into a zeroed int8 plane [N, K] (per call, freed after it), which the group loop
-dots like the codes (|c8 + piece| <= 254 keeps d0·(c8 + piece) exact in int32); only later pieces of a column
-(codes beyond ±254) stay in the gather loop.
+the first ELL pieces (`WeightCodes.first_width` slots) into a zeroed int8 plane [N, K] (per call, freed after it),
+which the group loop dots like the codes (|c8 + piece| <= 254 keeps d0·(c8 + piece) exact in int32); only the
+further pieces of codes beyond ±254 (none in the real checkpoint) stay in the gather loop, which then reads s
+from the digits, so sᵀ is not written.
 
 Both: with few output tiles the groups are split S ways (split-K) so the grid fills the GPU; each split also
 takes 1/S of the ELL columns and stores an fp32 partial [S, M, N]. The split that finishes a tile last (an atomic
@@ -72,9 +73,10 @@ PREP_ROWS = 32
 EXPAND_ROWS, EXPAND_SLOTS = 16, 64
 """Rows per program, and ELL slots per step, of the kernel that expands first pieces into a dense plane."""
 
-ROW_DEPENDENT = ("M", "groups_per_split", "ell_per_split", "splits")
-"""Kernel arguments that change with the number of rows: not specialised (Triton would otherwise compile again for
-a row count equal to 1 or divisible by 16, e.g. in the middle of serving, for the first prompt of an odd length)."""
+ROW_DEPENDENT = ("M", "groups_per_split", "ell_start", "ell_per_split", "splits")
+"""Kernel arguments that change with the number of rows (and `ell_start`, with the layer's ELL split): not
+specialised (Triton would otherwise compile again for a row count equal to 1 or divisible by 16, e.g. in the middle
+of serving, for the first prompt of an odd length)."""
 
 DIGIT_LIMIT = 2**21
 """|s| below which the three int8 base-128 digits of the dot path are exact (|d2| <= 127)."""
@@ -283,20 +285,21 @@ def w8aspike_matmul(
             **common,
         )
     else:
+        dense = plan.dense_ell and W > 0
+        ell_start = weight.first_width if dense else 0  # the slots the gather loop takes: [ell_start, W)
         digits = torch.empty(3, M, K, dtype=torch.int8, device=s.device)
         ld_st = -(-M // 16) * 16  # sᵀ rows padded to 16 columns: aligned gathers whatever M is
-        s_t = torch.empty(K, ld_st, dtype=torch.int32, device=s.device) if W else digits
+        s_t = torch.empty(K, ld_st, dtype=torch.int32, device=s.device) if W and not dense else digits
         flags = torch.zeros(G, dtype=torch.int32, device=s.device)
         _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, digits, s_t, flags, M, M * K, ld_st, K=K, PM=PREP_ROWS,
-                                                       WRITE_T=W > 0)
-        dense = plan.dense_ell and W > 0
+                                                       WRITE_T=W > 0 and not dense)
         plane = torch.zeros(N, K, dtype=torch.int8, device=s.device) if dense else codes
         if dense:
             _first_pieces_kernel()[(triton.cdiv(N, EXPAND_ROWS),)](
-                ell_cols, ell_residual, plane, N, W, K=K, RB=EXPAND_ROWS, WB=EXPAND_SLOTS)
+                ell_cols, ell_residual, plane, N, W, weight.first_width, K=K, RB=EXPAND_ROWS, WB=EXPAND_SLOTS)
         _dot_kernel()[(triton.cdiv(M, plan.bm), triton.cdiv(N, plan.bn), plan.splits)](
             digits, s_t, flags, codes, plane, sigma, vth, bias_or_y, ell_cols, ell_residual, y, partials, counters,
-            M, M * K, ld_st, N, W, plan.groups_per_split, plan.ell_per_split, plan.splits,
+            M, M * K, ld_st, N, W, ell_start, plan.groups_per_split, -(-(W - ell_start) // plan.splits), plan.splits,
             DENSE_ELL=dense, **common,
         )
     return y
@@ -559,20 +562,18 @@ def _first_pieces_kernel():
     import triton.language as tl
 
     @triton.jit
-    def ell_first_pieces_kernel(ell_cols, ell_residual, plane, N, W, K: tl.constexpr, RB: tl.constexpr,
+    def ell_first_pieces_kernel(ell_cols, ell_residual, plane, N, W, first_width, K: tl.constexpr, RB: tl.constexpr,
                                 WB: tl.constexpr):
-        # plane [N, K] (zeroed) gets, at each column with ELL pieces, the first of them: the slot whose column
-        # differs from the slot before it (a row's slots are sorted by column); padding pieces are 0 and skipped.
+        # plane [N, K] (zeroed) gets the first pieces, slots [0, first_width) of each row (at most one a column);
+        # padding pieces are 0 and not stored (they would race with a real piece at column 0).
         rows = tl.program_id(0) * RB + tl.arange(0, RB)
         p_ell = rows.to(tl.int64)[:, None] * W
-        for w0 in range(0, W, WB):
+        for w0 in range(0, first_width, WB):
             ws = w0 + tl.arange(0, WB)
-            live = (rows < N)[:, None] & (ws < W)[None, :]
+            live = (rows < N)[:, None] & (ws < first_width)[None, :]
             j = tl.load(ell_cols + p_ell + ws[None, :], mask=live, other=0).to(tl.int32)
             r = tl.load(ell_residual + p_ell + ws[None, :], mask=live, other=0)
-            previous = tl.load(ell_cols + p_ell + ws[None, :] - 1, mask=live & (ws > 0)[None, :], other=-1)
-            first = live & (j != previous.to(tl.int32)) & (r != 0)
-            tl.store(plane + rows.to(tl.int64)[:, None] * K + j, r, mask=first)
+            tl.store(plane + rows.to(tl.int64)[:, None] * K + j, r, mask=live & (r != 0))
 
     return ell_first_pieces_kernel
 
@@ -587,7 +588,7 @@ def _dot_kernel():
     @triton.jit(do_not_specialize=ROW_DEPENDENT)
     def w8aspike_dot_kernel(
         digits, s_t, flags, codes, plane, scales, vth, bias, ell_cols, ell_residual, y, partials, counters,
-        M, digit_plane, ld_st, N, W, groups_per_split, ell_per_split, splits,
+        M, digit_plane, ld_st, N, W, ell_start, groups_per_split, ell_per_split, splits,
         K: tl.constexpr, G: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ELL: tl.constexpr, SPLIT: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, DENSE_ELL: tl.constexpr,
     ):
@@ -628,27 +629,27 @@ def _dot_kernel():
                 sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
                 out_tile += acc.to(tl.float32) * sigma[None, :]
         if HAS_ELL:
-            # ELL pieces, one column slot at a time for the BN output rows: s[rows, j] gathered from sᵀ
-            # (contiguous over rows), times r (exact int32), times σ[n, j // 128], accumulated as [BN, BM].
-            # (Gathering several slots per step as [BN, WB, BM] was 25% slower at M = 4096 on the H100 with WB = 1.)
-            # With DENSE_ELL the plane holds each column's first piece, so only later pieces of the same column
-            # (codes beyond ±254; slots are sorted by column) are left here, and a slot none of the BN rows
-            # needs is skipped whole.
+            # ELL slots [ell_start, W) (all of them, or with DENSE_ELL the further pieces beyond the plane's), one
+            # column slot at a time for the BN output rows: s[rows, j] gathered from sᵀ (contiguous over rows; with
+            # DENSE_ELL from the three digit planes instead, rare slots), times r (exact int32), times
+            # σ[n, j // 128], accumulated as [BN, BM]. (Gathering several slots per step as [BN, WB, BM] was 25%
+            # slower at M = 4096 on the H100 with WB = 1.)
             ell_tile = tl.zeros([BN, BM], dtype=tl.float32)
             p_ell = cols.to(tl.int64) * W
-            for w in range(split * ell_per_split, tl.minimum(split * ell_per_split + ell_per_split, W)):
+            w_start = ell_start + split * ell_per_split
+            for w in range(w_start, tl.minimum(w_start + ell_per_split, W)):
                 j = tl.load(ell_cols + p_ell + w, mask=m_cols, other=0).to(tl.int32)
                 r = tl.load(ell_residual + p_ell + w, mask=m_cols, other=0).to(tl.int32)
-                live, work = m_cols, True
+                sigma = tl.load(scales + cols * G + j // 128, mask=m_cols, other=0.0)
+                m_tile = m_cols[:, None] & m_rows[None, :]
                 if DENSE_ELL:
-                    previous = tl.load(ell_cols + p_ell + w - 1, mask=m_cols & (w > 0), other=-1).to(tl.int32)
-                    live = m_cols & (j == previous) & (r != 0)
-                    work = tl.max(live.to(tl.int32), axis=0) > 0
-                if work:
-                    sigma = tl.load(scales + cols * G + j // 128, mask=live, other=0.0)
-                    spikes = tl.load(s_t + j.to(tl.int64)[:, None] * ld_st + rows[None, :],
-                                     mask=live[:, None] & m_rows[None, :], other=0)  # [BN, BM]
-                    ell_tile += (spikes * r[:, None]).to(tl.float32) * sigma[:, None]
+                    p_s = digits + rows.to(tl.int64)[None, :] * K + j[:, None]  # [BN, BM]
+                    spikes = tl.load(p_s, mask=m_tile, other=0).to(tl.int32)
+                    spikes += tl.load(p_s + digit_plane.to(tl.int64), mask=m_tile, other=0).to(tl.int32) * 128
+                    spikes += tl.load(p_s + 2 * digit_plane.to(tl.int64), mask=m_tile, other=0).to(tl.int32) * 16384
+                else:
+                    spikes = tl.load(s_t + j.to(tl.int64)[:, None] * ld_st + rows[None, :], mask=m_tile, other=0)
+                ell_tile += (spikes * r[:, None]).to(tl.float32) * sigma[:, None]
             out_tile += tl.trans(ell_tile)
         tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
         store_tile(out_tile, y, partials, counters, vth, bias, rows, cols, tile, split, splits, M, N, SPLIT,
