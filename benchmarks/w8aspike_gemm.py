@@ -312,7 +312,7 @@ def main():
     parser.add_argument("--replays", type=int, default=50, help="graph replays per timing (M <= 256)")
     parser.add_argument("--sweep", action="store_true", help="time every candidate GEMM plan instead")
     parser.add_argument("--max-plans", type=int, default=None, help="sweep: first N candidates only (default first)")
-    parser.add_argument("--kinds", nargs="+", default=["gemv", "dot"], choices=["gemv", "dot"],
+    parser.add_argument("--kinds", nargs="+", default=["gemv", "dot"], choices=["gemv", "dot", "dense"],
                         help="sweep: GEMM paths whose plans are timed (the default plan always is)")
     parser.add_argument("--sweep-calls", type=int, default=20, help="sweep: linears per graph (M <= 256)")
     parser.add_argument("--sweep-replays", type=int, default=20, help="sweep: graph replays per timing (M <= 256)")

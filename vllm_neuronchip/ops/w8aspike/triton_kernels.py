@@ -17,7 +17,7 @@ Two GEMM paths, picked by `gemm_plan` from the shapes alone (no autotuning, no h
   int8 dot of d0 per group; a second pass adds the dots of d1 and d2 only in flagged groups (a uniform branch on
   one loaded scalar, no reduction), each combined exactly in int32 before σ.
 
-With `dense_ell` (a dot-plan option for large M, where the ELL gathers dominate), a small kernel first expands
+With `dense_ell` (dot plans beyond 64 rows by default, where the ELL gathers dominate), a small kernel first expands
 the first ELL pieces (`WeightCodes.first_width` slots) into a zeroed int8 plane [N, K] (per call, freed after it),
 which the group loop dots like the codes (|c8 + piece| <= 254 keeps d0·(c8 + piece) exact in int32); only the
 further pieces of codes beyond ±254 (none in the real checkpoint) stay in the gather loop, which then reads s
@@ -161,8 +161,10 @@ def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> Ge
     2 · SMs programs, then split-K to `GEMV_PROGRAMS_PER_SM` · SMs programs; 4 warps, int32 products, no
     prefetch or pipelining.
     Beyond, the int8 tensor-core path, BN 128 (64 for N <= 1024), 3 stages: M <= 16, BM 16, 4 warps, split-K to
-    two programs per SM (the H100 sweep's best at M = 16); else BM 64 (M <= 64) or 128, 8 warps, split-K to one
-    program per SM."""
+    two programs per SM (the H100 sweep's best at M = 16); M <= 64, BM 64, 8 warps, split-K to one program per SM.
+    Beyond 64 rows, the first ELL pieces as a dense plane (the H100 sweep's best at M = 4096 on qkv_proj and
+    gate_up_proj: 715 and 5142 us against 2031 and 15858 us with the ELL gathers), BM 128, BN 32, 4 warps: the
+    best such tile that does not spill registers (BN 128 at 8 warps, the sweep's best, spills with Triton 3.9)."""
     sm_count = DEFAULT_SM_COUNT if sm_count is None else sm_count
     rows = plan_range(M)
     if rows == 0:
@@ -174,9 +176,11 @@ def gemm_plan(M: int, N: int, G: int, W: int, sm_count: int | None = None) -> Ge
     bn = 64 if N <= 1024 else 128
     if rows == 1:
         return make_plan("dot", M, N, G, W, sm_count, bm=16, bn=bn, num_warps=4, num_stages=3, programs_per_sm=2.0)
-    bm = 64 if rows == 2 else 128
-    return make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=8 if bm * bn >= 8192 else 4,
-                     num_stages=3, programs_per_sm=1.0)
+    if rows == 2:
+        return make_plan("dot", M, N, G, W, sm_count, bm=64, bn=bn, num_warps=8 if bn == 128 else 4, num_stages=3,
+                         programs_per_sm=1.0)
+    return make_plan("dot", M, N, G, W, sm_count, bm=128, bn=32, num_warps=4, num_stages=3, programs_per_sm=1.0,
+                     dense_ell=True)
 
 
 def device_plan(M: int, N: int, G: int, W: int, device: torch.device) -> GemmPlan:
@@ -197,7 +201,8 @@ def plan_range(M: int) -> int:
 def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None,
                     kinds=("gemv", "dot")) -> list[GemmPlan]:
     """The plans `benchmarks/w8aspike_gemm.py --sweep` times for one (M, N, K, W), the default first; all exact.
-    GEMV plans only for M <= `GEMV_MAX_M` and if in `kinds`; dot plans (any M: rows are masked) if in `kinds`."""
+    GEMV plans only for M <= `GEMV_MAX_M` and if in `kinds`; dot plans (any M: rows are masked) if in `kinds`,
+    with the ELL gathers and with the dense first-piece plane, or only the latter for "dense"."""
     sm_count = DEFAULT_SM_COUNT if sm_count is None else sm_count
     plans = [gemm_plan(M, N, G, W, sm_count)]
     if M <= GEMV_MAX_M and "gemv" in kinds:
@@ -211,7 +216,7 @@ def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None,
                                                num_stages=1, programs_per_sm=pps, prefetch=prefetch))
         base = plans[0]
         plans += [replace(base, fp32_products=True), replace(base, num_stages=2), replace(base, num_stages=3)]
-    for bm in ((16, 32, 64) if M <= 64 else (64, 128)) if "dot" in kinds else ():
+    for bm in ((16, 32, 64) if M <= 64 else (64, 128)) if {"dot", "dense"} & set(kinds) else ():
         for bn in (32, 64, 128, 256):
             if bm * bn > 128 * 256:
                 continue
@@ -219,10 +224,11 @@ def candidate_plans(M: int, N: int, G: int, W: int, sm_count: int | None = None,
                 if bm * bn < 8192 and num_warps == 8:
                     continue
                 for pps in (1.0, 2.0):
-                    plans.append(make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=num_warps,
-                                           num_stages=num_stages, programs_per_sm=pps))
+                    plan = make_plan("dot", M, N, G, W, sm_count, bm=bm, bn=bn, num_warps=num_warps,
+                                     num_stages=num_stages, programs_per_sm=pps)
+                    plans += [plan] if "dot" in kinds else []
                     if W and num_stages == 3:
-                        plans.append(replace(plans[-1], dense_ell=True))
+                        plans.append(replace(plan, dense_ell=True))
     unique = {}  # without repeats, in order: plans that differ only in the grid they aimed at are the same launch
     for plan in plans:
         unique.setdefault(replace(plan, programs_per_sm=0.0), plan)
