@@ -16,9 +16,10 @@
 #              carried) and with this one, then the int8-dot plans (dense first ELL pieces too) at M = 4096 on qkv_proj
 #              and gate_up_proj, winners into the same table
 #   w8aspike-tests  the W8ASpike GPU tests alone (four processes at once: Triton compiling dominates)
-#   w8aspike-dense-check  the dense-plane prefill path in one call: the GPU tests that run it (150 s), every shape
-#              against bf16 at M 64 and 4096, W8ASpike served (TTFT 4K and 32K, decode at 1K), then the dense
-#              plans at M = 4096 on qkv_proj (winners into the table) in what is left of the call
+#   w8aspike-dense-check [SECONDS]  the dense-plane prefill path in one call of SECONDS (default 585): the GPU tests
+#              that run it (150 s), every shape against bf16 at M 64 and 4096, then W8ASpike served (TTFT 4K and
+#              32K, decode at 1K) if 330 s are left, and the dense plans at M = 4096 on qkv_proj (winners into the
+#              table) in what is left after that
 #   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike (TTFT and decode at 4K to 128K)
 #   bf16-serve the same on SpikingBrain-7B bf16: w8aspike-serve's baseline, run in the same session
 #   w8aspike-down-serve  W8ASpike with the opt-in spiked down_proj: decode at 1K and 128K, TTFT at 4K
@@ -123,8 +124,9 @@ case "$step" in
     wait; for i in "${!parts[@]}"; do summary "$out/gpu_w8aspike_tests_$i.log"; done
     timeout 70 python3 benchmarks/w8aspike_gemm.py --m 64 4096 --out "$out" > "$out/w8aspike_gemm.log" 2>&1
     grep -E "M= +(64|4096)" "$out/w8aspike_gemm.log"
-    serving spikingbrain-w8aspike 320 --lengths 4096 32768 --decode-only 1024 --concurrency
-    left=$((585 - SECONDS + began))
+    left=$((${2:-585} - SECONDS + began))
+    [ "$left" -ge 330 ] && serving spikingbrain-w8aspike 320 --lengths 4096 32768 --decode-only 1024 --concurrency
+    left=$((${2:-585} - SECONDS + began))
     [ "$left" -gt 30 ] && timeout "$left" python3 benchmarks/w8aspike_gemm.py --sweep --m 4096 --kinds dense \
       --verbose --shapes qkv_proj --out "$out" > "$out/w8aspike_dense_sweep.log" 2>&1
     grep "M= 4096" "$out/w8aspike_dense_sweep.log" ;;
