@@ -254,8 +254,11 @@ def test_gemm_plan_fills_an_h100(M, N, K):
     assert plan.ell_per_split * plan.splits >= 57
     if plan.kind == "gemv":
         assert plan.bm >= M and plan.bn * plan.gb * 128 // (32 * plan.num_warps) <= 128  # codes a thread
+    assert plan.dense_ell == (M > 64)  # prefill: the first ELL pieces as a dense plane
     candidates = triton_kernels.candidate_plans(M, N, G, 57, sm_count=132)
     assert candidates[0] == plan and len(set(candidates)) == len(candidates) <= 160
+    dense = triton_kernels.candidate_plans(M, N, G, 57, sm_count=132, kinds=("dense",))
+    assert dense[0] == plan and len(dense) > 1 and all(p.dense_ell for p in dense[1:])
 
 
 def test_residual_dot_exactness_bound():
