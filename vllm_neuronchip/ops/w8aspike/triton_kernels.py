@@ -636,10 +636,11 @@ def _dot_kernel():
                 out_tile += acc.to(tl.float32) * sigma[None, :]
         if HAS_ELL:
             # ELL slots [ell_start, W) (all of them, or with DENSE_ELL the further pieces beyond the plane's), one
-            # column slot at a time for the BN output rows: s[rows, j] gathered from sᵀ (contiguous over rows; with
-            # DENSE_ELL from the three digit planes instead, rare slots), times r (exact int32), times
-            # σ[n, j // 128], accumulated as [BN, BM]. (Gathering several slots per step as [BN, WB, BM] was 25%
-            # slower at M = 4096 on the H100 with WB = 1.)
+            # column slot at a time for the BN output rows: s[rows, j] times r (exact int32) times σ[n, j // 128].
+            # Gathers from sᵀ (contiguous over rows) accumulate as [BN, BM] (several slots per step as
+            # [BN, WB, BM] was 25% slower at M = 4096 on the H100 with WB = 1); with DENSE_ELL, rare slots, s comes
+            # from the three digit planes straight into the [BM, BN] tile (an extra [BN, BM] tile made the
+            # 128 x 128 tile spill in its group loop).
             ell_tile = tl.zeros([BN, BM], dtype=tl.float32)
             p_ell = cols.to(tl.int64) * W
             w_start = ell_start + split * ell_per_split
@@ -647,16 +648,19 @@ def _dot_kernel():
                 j = tl.load(ell_cols + p_ell + w, mask=m_cols, other=0).to(tl.int32)
                 r = tl.load(ell_residual + p_ell + w, mask=m_cols, other=0).to(tl.int32)
                 sigma = tl.load(scales + cols * G + j // 128, mask=m_cols, other=0.0)
-                m_tile = m_cols[:, None] & m_rows[None, :]
                 if DENSE_ELL:
-                    p_s = digits + rows.to(tl.int64)[None, :] * K + j[:, None]  # [BN, BM]
+                    m_tile = m_rows[:, None] & m_cols[None, :]
+                    p_s = digits + rows.to(tl.int64)[:, None] * K + j[None, :]  # [BM, BN]
                     spikes = tl.load(p_s, mask=m_tile, other=0).to(tl.int32)
                     spikes += tl.load(p_s + digit_plane.to(tl.int64), mask=m_tile, other=0).to(tl.int32) * 128
                     spikes += tl.load(p_s + 2 * digit_plane.to(tl.int64), mask=m_tile, other=0).to(tl.int32) * 16384
+                    out_tile += (spikes * r[None, :]).to(tl.float32) * sigma[None, :]
                 else:
-                    spikes = tl.load(s_t + j.to(tl.int64)[:, None] * ld_st + rows[None, :], mask=m_tile, other=0)
-                ell_tile += (spikes * r[:, None]).to(tl.float32) * sigma[:, None]
-            out_tile += tl.trans(ell_tile)
+                    spikes = tl.load(s_t + j.to(tl.int64)[:, None] * ld_st + rows[None, :],
+                                     mask=m_cols[:, None] & m_rows[None, :], other=0)  # [BN, BM]
+                    ell_tile += (spikes * r[:, None]).to(tl.float32) * sigma[:, None]
+            if not DENSE_ELL:
+                out_tile += tl.trans(ell_tile)
         tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
         store_tile(out_tile, y, partials, counters, vth, bias, rows, cols, tile, split, splits, M, N, SPLIT,
                    HAS_BIAS)
