@@ -300,7 +300,8 @@ def w8aspike_matmul(
         _prep_kernel()[(triton.cdiv(M, PREP_ROWS), G)](s, digits, s_t, flags, M, M * K, ld_st, K=K, PM=PREP_ROWS,
                                                        WRITE_T=W > 0 and not dense)
         plane = torch.zeros(N, K, dtype=torch.int8, device=s.device) if dense else codes
-        if dense:
+        if dense:  # σᵀ [G, N] for the dense plans (the transpose is well under 1% of a GEMM of over 64 rows)
+            sigma = sigma.t().contiguous()
             _first_pieces_kernel()[(triton.cdiv(N, EXPAND_ROWS),)](
                 ell_cols, ell_residual, plane, N, W, weight.first_width, K=K, RB=EXPAND_ROWS, WB=EXPAND_SLOTS)
         _dot_kernel()[(triton.cdiv(M, plan.bm), triton.cdiv(N, plan.bn), plan.splits)](
@@ -385,16 +386,16 @@ def _quantize_kernel():
     return spike_quantize_kernel
 
 
-store_tile = ell_slots = write_y = codes_dot = None
+store_tile = ell_slots = write_y = codes_dot = dot_scales = None
 """Triton functions of the GEMMs (the epilogue and write of y of both, the GEMV's ELL slot loads, the dot path's
-int8 dot of the codes) that
+int8 dot of the codes and its loads of σ) that
 `_define_helpers` puts here (triton is imported lazily; the kernels reach them as module globals, which both
 Triton's compiler and its interpreter resolve)."""
 
 
 @functools.cache
 def _define_helpers() -> None:
-    global store_tile, ell_slots, write_y, codes_dot
+    global store_tile, ell_slots, write_y, codes_dot, dot_scales
     import triton
     import triton.language as tl
 
@@ -453,7 +454,15 @@ def _define_helpers() -> None:
             acc = tl.dot(a, tl.load(p_plane, mask=m_cols[None, :], other=0), acc, out_dtype=tl.int32)
         return acc
 
-    store_tile, ell_slots = epilogue, load_ell_slots
+    @triton.jit
+    def load_dot_scales(scales, cols, g, m_cols, N, G: tl.constexpr, TRANSPOSED: tl.constexpr):
+        # σ[cols, g] (g a scalar or one group per column) from σ [N, G], or from σᵀ [G, N] when TRANSPOSED: then a
+        # group's scales are contiguous, which kept the dense-plane 128 x 128 tile from spilling (Triton 3.6).
+        if TRANSPOSED:
+            return tl.load(scales + g * N + cols, mask=m_cols, other=0.0)
+        return tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
+
+    store_tile, ell_slots, dot_scales = epilogue, load_ell_slots, load_dot_scales
 
 
 @functools.cache
@@ -619,7 +628,7 @@ def _dot_kernel():
             a = tl.load(digits + row_offsets + g * 128, mask=m_rows[:, None], other=0)
             b = tl.load(p_codes + g * 128, mask=m_cols[None, :], other=0)
             acc = codes_dot(a, b, p_plane + g * 128, m_cols, DENSE_ELL)
-            sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
+            sigma = dot_scales(scales, cols, g, m_cols, N, G, DENSE_ELL)
             out_tile += acc.to(tl.float32) * sigma[None, :]
         for g in range(g_start, g_end):  # the higher digits, only in the groups the prep kernel flagged
             level = tl.load(flags + g)
@@ -632,7 +641,7 @@ def _dot_kernel():
                     a = tl.load(digits + 2 * digit_plane.to(tl.int64) + row_offsets + g * 128,
                                 mask=m_rows[:, None], other=0)
                     acc += codes_dot(a, b, p_plane + g * 128, m_cols, DENSE_ELL) * 16384
-                sigma = tl.load(scales + cols * G + g, mask=m_cols, other=0.0)
+                sigma = dot_scales(scales, cols, g, m_cols, N, G, DENSE_ELL)
                 out_tile += acc.to(tl.float32) * sigma[None, :]
         if HAS_ELL:
             # ELL slots [ell_start, W) (all of them, or with DENSE_ELL the further pieces beyond the plane's), one
@@ -647,7 +656,7 @@ def _dot_kernel():
             for w in range(w_start, tl.minimum(w_start + ell_per_split, W)):
                 j = tl.load(ell_cols + p_ell + w, mask=m_cols, other=0).to(tl.int32)
                 r = tl.load(ell_residual + p_ell + w, mask=m_cols, other=0).to(tl.int32)
-                sigma = tl.load(scales + cols * G + j // 128, mask=m_cols, other=0.0)
+                sigma = dot_scales(scales, cols, j // 128, m_cols, N, G, DENSE_ELL)
                 if DENSE_ELL:
                     m_tile = m_rows[:, None] & m_cols[None, :]
                     p_s = digits + rows.to(tl.int64)[:, None] * K + j[None, :]  # [BM, BN]
