@@ -16,10 +16,9 @@
 #              carried) and with this one, then the int8-dot plans (dense first ELL pieces too) at M = 4096 on qkv_proj
 #              and gate_up_proj, winners into the same table
 #   w8aspike-tests  the W8ASpike GPU tests alone (four processes at once: Triton compiling dominates)
-#   w8aspike-dense-check [SECONDS]  the dense-plane prefill path in one call of SECONDS (default 585): the GPU tests
-#              that run it (150 s), every shape against bf16 at M 64 and 4096, then W8ASpike served (TTFT 4K and
-#              32K, decode at 1K) if 330 s are left, and the dense plans at M = 4096 on qkv_proj (winners into the
-#              table) in what is left after that
+#   w8aspike-dense-check  the dense-plane prefill path: the GPU tests that run it (150 s), every shape against bf16
+#              at M 64 and 4096, then the dense tiles at M = 4096 on qkv_proj and gate_up_proj (each checked against
+#              the naive GEMM; winners into the table that later steps use, e.g. w8aspike-serve)
 #   w8aspike-serve  serving.py on SpikingBrain-7B W8ASpike (TTFT and decode at 4K to 128K)
 #   bf16-serve the same on SpikingBrain-7B bf16: w8aspike-serve's baseline, run in the same session
 #   w8aspike-down-serve  W8ASpike with the opt-in spiked down_proj: decode at 1K and 128K, TTFT at 4K
@@ -114,7 +113,6 @@ case "$step" in
     done
     wait; for i in "${!parts[@]}"; do summary "$out/gpu_w8aspike_tests_$i.log"; done ;;
   w8aspike-dense-check)
-    began=$SECONDS
     parts=("w8aspike_matmul_on_cuda" "split_k_and_ell and 3584-4608 and not huge"
            "replayed or linear_on_cuda or quantize_on_cuda")  # every dense plan timed is checked by the sweep
     for i in "${!parts[@]}"; do
@@ -124,11 +122,10 @@ case "$step" in
     wait; for i in "${!parts[@]}"; do summary "$out/gpu_w8aspike_tests_$i.log"; done
     timeout 70 python3 benchmarks/w8aspike_gemm.py --m 64 4096 --out "$out" > "$out/w8aspike_gemm.log" 2>&1
     grep -E "M= +(64|4096)" "$out/w8aspike_gemm.log"
-    left=$((${2:-585} - SECONDS + began))
-    [ "$left" -ge 330 ] && serving spikingbrain-w8aspike 320 --lengths 4096 32768 --decode-only 1024 --concurrency
-    left=$((${2:-585} - SECONDS + began))
-    [ "$left" -gt 30 ] && timeout "$left" python3 benchmarks/w8aspike_gemm.py --sweep --m 4096 --kinds dense \
-      --verbose --shapes qkv_proj --out "$out" > "$out/w8aspike_dense_sweep.log" 2>&1
+    [ -f "$plans" ] && cp "$plans" "$out/w8aspike_plans.json"
+    timeout 320 python3 benchmarks/w8aspike_gemm.py --sweep --m 4096 --kinds dense --verbose \
+      --shapes qkv_proj gate_up_proj --out "$out" > "$out/w8aspike_dense_sweep.log" 2>&1 \
+      && cp "$out/w8aspike_plans.json" "$plans"
     grep "M= 4096" "$out/w8aspike_dense_sweep.log" ;;
   w8aspike-serve) serving spikingbrain-w8aspike 580 --lengths 4096 32768 131072 --decode-only 1024 ;;
   w8aspike-down-serve) serving spikingbrain-w8aspike-down 580 --lengths 4096 --decode-only 1024 131072 --concurrency ;;
