@@ -1,9 +1,10 @@
 """Plots and a markdown table from the serving_<model>.json files that benchmarks/serving.py wrote.
 
     python benchmarks/plot_serving.py benchmarks/results/gpu
-writes serving_latency.png (TTFT and batch-1 decode against prompt length) and, where there are
-`vllm bench serve` runs, serving_bench.png (throughput and TPOT against concurrency) into the same folder,
-and prints the table. One curve per model (and TP size when above 1); several runs of one model merge.
+writes serving_latency.png (TTFT and batch-1 decode against prompt length), where there are
+`vllm bench serve` runs serving_bench.png (throughput and TPOT against concurrency), and where there are capacity
+probes serving_capacity.png (requests running at once, measured, beside vLLM's start-up estimate) into the same
+folder, and prints the table. One curve per model (and TP size when above 1); several runs of one model merge.
 """
 
 import argparse
@@ -69,6 +70,23 @@ def plot(reports: dict[str, dict], folder: Path) -> None:
     fig.suptitle(f"vllm serve, dummy weights, {device}")
     fig.tight_layout()
     fig.savefig(folder / "serving_latency.png", dpi=120)
+
+    probed = {model: report for model, report in reports.items() if report.get("probe")}
+    if probed:
+        fig, axis = plt.subplots(figsize=(7, 4.5))
+        names = list(probed)
+        axis.bar([i - 0.2 for i in range(len(names))], [r["probe"]["peak_running"] for r in probed.values()], 0.4,
+                 label="measured: peak running")
+        axis.bar([i + 0.2 for i in range(len(names))],
+                 [r.get("max_concurrency_at_max_model_len") or 0 for r in probed.values()], 0.4,
+                 label="vLLM's start-up estimate")
+        axis.set_xticks(range(len(names)), names)
+        axis.set_ylabel("requests at once")
+        lengths = sorted({r["probe"]["prompt_tokens"] for r in probed.values()})
+        axis.set_title(f"concurrent {'/'.join(f'{n // 1024}K' for n in lengths)} prompts in the same KV memory, {device}")
+        axis.legend()
+        fig.tight_layout()
+        fig.savefig(folder / "serving_capacity.png", dpi=120)
 
     if not any(report.get("bench_serve") for report in reports.values()):
         return
