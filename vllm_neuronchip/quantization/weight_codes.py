@@ -56,9 +56,9 @@ class WeightCodes:
         part = rows * 2 + (piece_index > 0)
         order = torch.sort(part, stable=True).indices
         rows, cols, value, part = rows[order], cols[order], value[order], part[order]
-        counts = torch.bincount(part, minlength=2 * out).view(out, 2)
-        first_width, later_width = (int(w) for w in counts.max(0).values) if total else (0, 0)
-        rank = torch.arange(total, device=exact.device) - (torch.cumsum(counts.flatten(), 0) - counts.flatten())[part]
+        counts = torch.bincount(part, minlength=2 * out)  # per (row, part)
+        first_width, later_width = (int(w) for w in counts.view(out, 2).max(0).values) if total else (0, 0)
+        rank = torch.arange(total, device=exact.device) - (torch.cumsum(counts, 0) - counts)[part]
         slot = rank + (part % 2) * first_width
         index_dtype = torch.int16 if in_features <= INT16_COLUMNS else torch.int32
         ell_cols = torch.zeros(out, first_width + later_width, dtype=index_dtype, device=exact.device)
