@@ -55,6 +55,27 @@ serving() {  # model, timeout, serving.py arguments
   summary "$out/run_$model.log"
 }
 long=(--lengths 4096 32768 131072 524288 1048576 --decode-only 1024)
+previous_code() {  # limit, log, w8aspike_gemm.py arguments: the previous commit's code, if carried as a worktree
+  local limit="$1" log="$2"; shift 2
+  [ -d benchmarks/scratch/before ] || return 0
+  (cd benchmarks/scratch/before && PYTHONPATH="$PWD:$PYTHONPATH" timeout "$limit" python3 benchmarks/w8aspike_gemm.py \
+    "$@") > "$log" 2>&1
+}
+sweep_into_table() {  # limit, log, w8aspike_gemm.py --sweep arguments: winners merged into the table later steps use
+  local limit="$1" log="$2"; shift 2
+  [ -f "$plans" ] && cp "$plans" "$out/w8aspike_plans.json"
+  timeout "$limit" python3 benchmarks/w8aspike_gemm.py --sweep --verbose --out "$out" "$@" > "$log" 2>&1 \
+    && cp "$out/w8aspike_plans.json" "$plans"
+}
+w8aspike_tests() {  # limit, -k expressions: the W8ASpike GPU tests, one process per expression at once
+  local limit="$1"; shift
+  local parts=("$@") i
+  for i in "${!parts[@]}"; do
+    timeout "$limit" python3 -m pytest -q -m gpu tests/ops/test_w8aspike_ops.py -k "${parts[$i]}" -p no:cacheprovider \
+      -W ignore > "$out/gpu_w8aspike_tests_$i.log" 2>&1 &
+  done
+  wait; for i in "${!parts[@]}"; do summary "$out/gpu_w8aspike_tests_$i.log"; done
+}
 
 case "$step" in
   pair)  # pair STEP0 STEP1: the two steps at once, one per GPU of a two-GPU host (serving on ports 8021, 8022)
@@ -79,53 +100,29 @@ case "$step" in
   dense) serving dense-peer 580 --lengths 4096 32768 131072 --decode-only 1024 ;;
   swa) serving swa-peer 580 "${long[@]}" ;;
   w8aspike)  # M = 1 before / default / swept; then every 7B shape against bf16 at decode and prefill sizes
-    if [ -d benchmarks/scratch/before ]; then  # the previous commit's code, carried as a worktree
-      (cd benchmarks/scratch/before && PYTHONPATH="$PWD:$PYTHONPATH" timeout 120 python3 benchmarks/w8aspike_gemm.py \
-        --m 1 64 4096 --out "$out/before") > "$out/w8aspike_before.log" 2>&1
-    fi
+    previous_code 120 "$out/w8aspike_before.log" --m 1 64 4096 --out "$out/before"
     NEURONCHIP_W8ASPIKE_PLANS=/no-table timeout 60 python3 benchmarks/w8aspike_gemm.py --m 1 --out "$out/default" \
       > "$out/w8aspike_default.log" 2>&1
-    [ -f "$plans" ] && cp "$plans" "$out/w8aspike_plans.json"  # the sweep merges its winners into it
-    timeout 330 python3 benchmarks/w8aspike_gemm.py --sweep --m 1 --kinds gemv --verbose --out "$out" \
-      > "$out/w8aspike_sweep.log" 2>&1 && cp "$out/w8aspike_plans.json" "$plans"
+    sweep_into_table 330 "$out/w8aspike_sweep.log" --m 1 --kinds gemv
     NEURONCHIP_W8ASPIKE_PLANS="$plans" timeout 130 python3 benchmarks/w8aspike_gemm.py --m 1 16 64 4096 --out "$out" \
       > "$out/w8aspike_gemm.log" 2>&1
     grep -h "M=    1" "$out/w8aspike_before.log" "$out/w8aspike_default.log"; grep "M=    1" "$out/w8aspike_sweep.log"
     tail -22 "$out/w8aspike_gemm.log" ;;
   w8aspike-prefill-sweep)
-    if [ -d benchmarks/scratch/before ]; then
-      (cd benchmarks/scratch/before && PYTHONPATH="$PWD:$PYTHONPATH" timeout 130 python3 benchmarks/w8aspike_gemm.py \
-        --m 64 4096 --out "$out/before") > "$out/w8aspike_prefill_before.log" 2>&1
-    fi
+    previous_code 130 "$out/w8aspike_prefill_before.log" --m 64 4096 --out "$out/before"
     timeout 100 python3 benchmarks/w8aspike_gemm.py --m 64 4096 --out "$out/after" > "$out/w8aspike_prefill_after.log" 2>&1
     grep -h "M= 4096" "$out/w8aspike_prefill_before.log" "$out/w8aspike_prefill_after.log"
-    [ -f "$plans" ] && cp "$plans" "$out/w8aspike_plans.json"
-    timeout 320 python3 benchmarks/w8aspike_gemm.py --sweep --m 4096 --kinds dot --verbose --out "$out" \
-      --shapes qkv_proj gate_up_proj > "$out/w8aspike_prefill_sweep.log" 2>&1 \
-      && cp "$out/w8aspike_plans.json" "$plans"
+    sweep_into_table 320 "$out/w8aspike_prefill_sweep.log" --m 4096 --kinds dot --shapes qkv_proj gate_up_proj
     grep "M= 4096" "$out/w8aspike_prefill_sweep.log" ;;
   w8aspike-tests)  # the W8ASpike ops on the GPU against the naive reference (every candidate plan: the sweep's)
-    parts=("split_k_and_ell and (128-40 or 384-40)" "split_k_and_ell and (3584-512 or 3584-4608)"
-           "split_k_and_ell and 18944-" "not split_k_and_ell and not every_candidate")
-    for i in "${!parts[@]}"; do
-      timeout 400 python3 -m pytest -q -m gpu tests/ops/test_w8aspike_ops.py -k "${parts[$i]}" -p no:cacheprovider \
-        -W ignore > "$out/gpu_w8aspike_tests_$i.log" 2>&1 &
-    done
-    wait; for i in "${!parts[@]}"; do summary "$out/gpu_w8aspike_tests_$i.log"; done ;;
+    w8aspike_tests 400 "split_k_and_ell and (128-40 or 384-40)" "split_k_and_ell and (3584-512 or 3584-4608)" \
+      "split_k_and_ell and 18944-" "not split_k_and_ell and not every_candidate" ;;
   w8aspike-dense-check)
-    parts=("w8aspike_matmul_on_cuda" "split_k_and_ell and 3584-4608 and not huge"
-           "replayed or linear_on_cuda or quantize_on_cuda")  # every dense plan timed is checked by the sweep
-    for i in "${!parts[@]}"; do
-      timeout 150 python3 -m pytest -q -m gpu tests/ops/test_w8aspike_ops.py -k "${parts[$i]}" -p no:cacheprovider \
-        -W ignore > "$out/gpu_w8aspike_tests_$i.log" 2>&1 &
-    done
-    wait; for i in "${!parts[@]}"; do summary "$out/gpu_w8aspike_tests_$i.log"; done
+    w8aspike_tests 150 "w8aspike_matmul_on_cuda" "split_k_and_ell and 3584-4608 and not huge" \
+      "replayed or linear_on_cuda or quantize_on_cuda"  # every dense plan timed is checked by the sweep
     timeout 70 python3 benchmarks/w8aspike_gemm.py --m 64 4096 --out "$out" > "$out/w8aspike_gemm.log" 2>&1
     grep -E "M= +(64|4096)" "$out/w8aspike_gemm.log"
-    [ -f "$plans" ] && cp "$plans" "$out/w8aspike_plans.json"
-    timeout 320 python3 benchmarks/w8aspike_gemm.py --sweep --m 4096 --kinds dense --verbose \
-      --shapes qkv_proj gate_up_proj --out "$out" > "$out/w8aspike_dense_sweep.log" 2>&1 \
-      && cp "$out/w8aspike_plans.json" "$plans"
+    sweep_into_table 320 "$out/w8aspike_dense_sweep.log" --m 4096 --kinds dense --shapes qkv_proj gate_up_proj
     grep "M= 4096" "$out/w8aspike_dense_sweep.log" ;;
   w8aspike-serve) serving spikingbrain-w8aspike 580 --lengths 4096 32768 131072 --decode-only 1024 ;;
   w8aspike-down-serve) serving spikingbrain-w8aspike-down 580 --lengths 4096 --decode-only 1024 131072 --concurrency ;;
