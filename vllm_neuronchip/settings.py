@@ -31,6 +31,11 @@ class NeuronChipSettings(BaseSettings):
         False, description="Let fla autotune its GLA prefill kernels (minutes of Triton compiling on a cold "
         "start) instead of using the configs pinned for this GPU model in ops/gla/fla_configs.json.",
     )
+    gla_prefill: Literal["fla", "triton"] = Field(
+        "fla", description="GLA prefill on CUDA: fla's chunk_gla with k/v/g and states repeated over the query "
+        "heads (fla), or our GQA-aware Triton kernels keeping them per KV head (triton, ops/gla/triton_chunk.py; "
+        "not yet timed on a GPU, so opt-in).",
+    )
     fla_configs: str | None = Field(
         None, description="A table of pinned fla configs to use instead of ops/gla/fla_configs.json "
         "(benchmarks/tune_fla.py writes one).",

@@ -1,12 +1,14 @@
 """GLA recurrence of the SpikingBrain-7B even layers (spec §3.2): one function per op, backend chosen by device.
-CUDA tensors go to `fla` (fla chunk, Triton decode), others to `chunk` (plain torch); `naive` is the reference."""
+CUDA tensors go to `fla` (fla chunk, Triton decode), others to `chunk` (plain torch); `naive` is the reference.
+Prefill on CUDA goes to `triton_chunk` (our GQA-aware kernels) instead when NEURONCHIP_GLA_PREFILL=triton."""
 
 import torch
 
-from vllm_neuronchip.ops.gla import chunk, fla
+from vllm_neuronchip.ops.gla import chunk, fla, triton_chunk
 from vllm_neuronchip.ops.gla.naive import gla_decode as naive_gla_decode
 from vllm_neuronchip.ops.gla.naive import gla_varlen as naive_gla_varlen
 from vllm_neuronchip.ops.gla.naive import naive_recurrent_gla
+from vllm_neuronchip.settings import get_settings
 
 
 def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_state, scale) -> torch.Tensor:
@@ -16,7 +18,10 @@ def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_stat
     else from zeros, and its final state is written back there. state [slots,Hkv,K,V] fp32 is updated in place.
     Returns o [T,H,V] fp32, o_t = (scale q_t) S_t with S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t.
     """
-    backend = fla if q.is_cuda else chunk
+    if not q.is_cuda:
+        backend = chunk
+    else:
+        backend = triton_chunk if get_settings().gla_prefill == "triton" else fla
     return backend.gla_varlen(
         q, k, v, g, state=state, state_indices=state_indices, cu_seqlens=cu_seqlens,
         has_initial_state=has_initial_state, scale=scale,
