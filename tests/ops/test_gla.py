@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 import vllm_neuronchip
 from vllm_neuronchip.ops import gla
-from vllm_neuronchip.ops.gla import chunk, naive
+from vllm_neuronchip.ops.gla import chunk, naive, triton_chunk
+from vllm_neuronchip.settings import get_settings
 
 HEADS = [(4, 1), (4, 2), (2, 2)]  # (H, Hkv)
 DIMS = [(16, 16), (64, 64), (32, 64)]  # (K, V)
@@ -116,9 +117,9 @@ VARLEN = {"naive": naive.gla_varlen, "chunk": chunk.gla_varlen, "public": gla.gl
 DECODE = {"naive": naive.gla_decode, "chunk": chunk.gla_decode, "public": gla.gla_decode}
 
 
-def make_batch(lengths, H, Hkv, K, V, num_slots, dtype=torch.float32):
+def make_batch(lengths, H, Hkv, K, V, num_slots, dtype=torch.float32, gate="logsigmoid"):
     """Packed inputs, a random slot per sequence, random warm flags; fresh and unused slots hold NaN."""
-    q, k, v, g = make_inputs(sum(lengths), H, Hkv, K, V, dtype)
+    q, k, v, g = make_inputs(sum(lengths), H, Hkv, K, V, dtype, gate)
     cu_seqlens = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
     slots = torch.randperm(num_slots)[: len(lengths)].to(torch.int32)
     warm = torch.rand(len(lengths)) < 0.5
@@ -140,22 +141,37 @@ def expected_varlen(q, k, v, g, cu_seqlens, slots, warm, state):
     return torch.cat(o), state
 
 
+def packed_views(q, k, v, g):
+    """q, k, v, g as column slices of one packed [T, (H + 3 Hkv) d] tensor, as the model's GLA layer passes them."""
+    packed = torch.cat([x.flatten(1) for x in (q, k, v, g)], dim=1)
+    views = packed.split([x[0].numel() for x in (q, k, v, g)], dim=1)
+    return tuple(view.view(x.shape) for view, x in zip(views, (q, k, v, g)))
+
+
+def check_varlen_batch(varlen, lengths, H, Hkv, K, V, dtype=torch.float32, gate="logsigmoid", packed=False):
+    """A batch of `make_batch` through `varlen` (inputs as `packed_views` if packed) against `expected_varlen`."""
+    q, k, v, g, cu_seqlens, slots, warm, state = make_batch(lengths, H, Hkv, K, V, len(lengths) + 3, dtype, gate)
+    o_ref, state_ref = expected_varlen(q, k, v, g, cu_seqlens, slots, warm, state)
+    if packed:
+        q, k, v, g = packed_views(q, k, v, g)
+    o = varlen(
+        q, k, v, g, state=state, state_indices=slots, cu_seqlens=cu_seqlens, has_initial_state=warm, scale=SCALE
+    )
+    assert o.isfinite().all()
+    assert_matches(o, o_ref)
+    used = torch.zeros(len(state), dtype=torch.bool)
+    used[slots.long()] = True
+    assert_matches(state[used], state_ref[used])
+    assert state[~used].isnan().all()  # slots outside the batch untouched
+
+
 @pytest.mark.parametrize("backend", VARLEN)
 @pytest.mark.parametrize("H,Hkv", HEADS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_varlen_batch(backend, H, Hkv, dtype, seed):
     torch.manual_seed(seed)
-    q, k, v, g, cu_seqlens, slots, warm, state = make_batch([65, 1, 130, 16, 7], H, Hkv, 32, 64, 9, dtype)
-    o_ref, state_ref = expected_varlen(q, k, v, g, cu_seqlens, slots, warm, state)
-    o = VARLEN[backend](
-        q, k, v, g, state=state, state_indices=slots, cu_seqlens=cu_seqlens, has_initial_state=warm, scale=SCALE
-    )
-    assert_matches(o, o_ref)
-    used = torch.zeros(len(state), dtype=torch.bool)
-    used[slots.long()] = True
-    assert_matches(state[used], state_ref[used])
-    assert state[~used].isnan().all()  # slots outside the batch untouched
+    check_varlen_batch(VARLEN[backend], [65, 1, 130, 16, 7], H, Hkv, 32, 64, dtype)
 
 
 @pytest.mark.parametrize("backend", VARLEN)
@@ -257,17 +273,42 @@ for dtype in t.DTYPES:
 print("triton decode ok")
 """
 
+TRITON_PREFILL_CHECK = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+import test_gla as t
+from vllm_neuronchip.ops.gla import triton_chunk
+for i, (H, Hkv, K, V) in enumerate([(4, 1, 16, 16), (4, 2, 32, 64), (4, 2, 64, 32)]):
+    for gate in ["logsigmoid", "strong", "mixed"]:
+        for dtype in t.DTYPES:
+            torch.manual_seed(i)
+            packed = dtype == torch.float32 or gate == "mixed"
+            t.check_varlen_batch(triton_chunk.gla_varlen, [65, 1, 130, 5, 63, 64], H, Hkv, K, V, dtype, gate, packed)
+print("triton prefill ok")
+"""
 
-def test_triton_decode_in_interpreter():
+
+def run_in_interpreter(check: str, done: str):
+    """Runs a check script in a fresh process with TRITON_INTERPRET=1; it must print `done`."""
     pytest.importorskip("triton", reason="triton is not installed")
     root = Path(vllm_neuronchip.__file__).parents[1]
     path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     run = subprocess.run(
-        [sys.executable, "-c", INTERPRETER_CHECK.format(tests=str(Path(__file__).parent))],
+        [sys.executable, "-c", check.format(tests=str(Path(__file__).parent))],
         env=env, capture_output=True, text=True, timeout=300,
     )
-    assert run.returncode == 0 and "triton decode ok" in run.stdout, run.stdout + run.stderr
+    assert run.returncode == 0 and done in run.stdout, run.stdout + run.stderr
+
+
+def test_triton_decode_in_interpreter():
+    run_in_interpreter(INTERPRETER_CHECK, "triton decode ok")
+
+
+def test_triton_prefill_in_interpreter():
+    """triton_chunk against the recurrence: GQA, K != V, lengths 1 to 130 with warm and fresh (NaN) slots,
+    gates down to -60 a token, fp32 and bf16, strided inputs."""
+    run_in_interpreter(TRITON_PREFILL_CHECK, "triton prefill ok")
 
 
 @pytest.mark.gpu
@@ -284,6 +325,43 @@ def test_fla_varlen_on_cuda(H, Hkv):
     used = slots.long().cpu()
     assert_matches(o.cpu(), o_ref, rtol=2e-3)  # fla's fp32 dots run in tf32 on Ampere and newer
     assert_matches(state.cpu()[used], state_ref[used], rtol=2e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("H,Hkv", HEADS)
+def test_triton_varlen_on_cuda(H, Hkv):
+    torch.manual_seed(6)
+    for dtype, gate in [(torch.bfloat16, "logsigmoid"), (torch.float32, "mixed")]:
+        batch = make_batch([65, 1, 300, 16, 7], H, Hkv, 64, 64, 9, dtype, gate)
+        o_ref, state_ref = expected_varlen(*batch)
+        q, k, v, g = packed_views(*(x.cuda() for x in batch[:4]))
+        cu_seqlens, slots, warm, state = (x.cuda() for x in batch[4:])
+        o = triton_chunk.gla_varlen(q, k, v, g, state=state, state_indices=slots, cu_seqlens=cu_seqlens,
+                                    has_initial_state=warm, scale=SCALE)
+        used = slots.long().cpu()
+        assert_matches(o.cpu(), o_ref, rtol=2e-3)  # fp32 dots run in tf32 on the GPU, as fla's do
+        assert_matches(state.cpu()[used], state_ref[used], rtol=2e-3)
+
+
+@pytest.mark.gpu
+def test_triton_prefill_setting_matches_fla_at_the_7b_shape(monkeypatch):
+    """H 28, Hkv 4, K = V = 128, fp32 strided inputs: NEURONCHIP_GLA_PREFILL=triton against the fla default."""
+    pytest.importorskip("fla", reason="fla-core is not installed")
+    torch.manual_seed(9)
+    batch = [x.cuda() for x in make_batch([300, 1, 129, 64], 28, 4, 128, 128, 6)]
+    q, k, v, g = packed_views(*batch[:4])
+    cu_seqlens, slots, warm, state = batch[4:]
+    results = {}
+    for backend in ("fla", "triton"):
+        monkeypatch.setenv("NEURONCHIP_GLA_PREFILL", backend)
+        get_settings.cache_clear()
+        s = state.clone()
+        o = gla.gla_varlen(q, k, v, g, state=s, state_indices=slots, cu_seqlens=cu_seqlens, has_initial_state=warm,
+                           scale=SCALE)
+        results[backend] = o, s[slots.long()]
+    get_settings.cache_clear()
+    for fla_result, triton_result in zip(results["fla"], results["triton"]):
+        assert_matches(triton_result, fla_result, rtol=2e-3)
 
 
 @pytest.mark.gpu
