@@ -24,12 +24,12 @@ from triton.compiler import ASTSource
 from triton.runtime.jit import KernelInterface
 
 from tests.ops.test_w8aspike_ops import make_weight
-from vllm_neuronchip.ops.gla import fla
+from vllm_neuronchip.ops.gla import fla, triton_chunk
 from vllm_neuronchip.ops.w8aspike import triton_kernels
 
 H100 = GPUTarget("cuda", 90, 32)
-POINTER_TYPES = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.int32: "*i32", torch.int16: "*i16",
-                 torch.int8: "*i8", torch.int64: "*i64", torch.bool: "*i1"}
+POINTER_TYPES = {torch.float64: "*fp64", torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.int32: "*i32",
+                 torch.int16: "*i16", torch.int8: "*i8", torch.int64: "*i64", torch.bool: "*i1"}
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
 
 
@@ -102,6 +102,22 @@ def test_gla_decode_kernel_compiles(monkeypatch, dtype):
     slots, warm = torch.zeros(N, dtype=torch.int32), torch.ones(N, dtype=torch.bool)
     for launch in recorded_launches(monkeypatch, lambda: fla.gla_decode(
             q, k, v, g, state=state, state_indices=slots, has_initial_state=warm, scale=0.1)):
+        compile_for_h100(*launch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gla_prefill_kernels_compile(monkeypatch, dtype):
+    """triton_chunk's scan and output kernels at the 7B shape, inputs strided as slices of the packed qkvg."""
+    T, H, Hkv, K = 200, 28, 4, 128
+    packed = torch.zeros(T, (H + 3 * Hkv) * K, dtype=dtype)
+    q, k, v, g = (x.view(T, -1, K) for x in packed.split([H * K, Hkv * K, Hkv * K, Hkv * K], dim=1))
+    state = torch.zeros(6, Hkv, K, K)
+    slots, warm = torch.tensor([3, 0], dtype=torch.int32), torch.tensor([True, False])
+    cu_seqlens = torch.tensor([0, 130, T], dtype=torch.int32)
+    launches = recorded_launches(monkeypatch, lambda: triton_chunk.gla_varlen(
+        q, k, v, g, state=state, state_indices=slots, cu_seqlens=cu_seqlens, has_initial_state=warm, scale=0.1))
+    assert len(launches) == 2
+    for launch in launches:
         compile_for_h100(*launch)
 
 

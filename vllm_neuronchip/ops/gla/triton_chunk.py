@@ -123,11 +123,11 @@ def _output_kernel():
         o_v = i_v * BV + tl.arange(0, BV)
         t0 = tl.load(chunks + 2 * i_c + 1).to(tl.int64)
         eos = tl.load(cu_seqlens + tl.load(chunks + 2 * i_c) + 1).to(tl.int64)
-        b_h = tl.load(chunk_states + (i_c.to(tl.int64) * HKV + i_h) * K * V + o_k[:, None] * V + o_v[None, :])
+        p_h = chunk_states + (i_c.to(tl.int64) * HKV + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
         p_k = k + i_h * s_kh + o_k
         p_v = v + i_h * s_vh + o_v
         p_gc = gc + i_h * K + o_k
-        for i_i in tl.static_range(BT // BC):
+        for i_i in range(0, BT // BC):
             r0 = t0 + i_i * BC
             if r0 < eos:
                 rows = r0 + o_c
@@ -136,9 +136,9 @@ def _output_kernel():
                 b_q = b_q.to(tl.float32)
                 b_gc = tl.load(p_gc + rows[:, None] * HKV * K, mask=m_i, other=float("-inf"))  # rows past the end: 0
                 b_gn = tl.load(p_gc + r0 * HKV * K)  # reference: gc of the sub-block's first row
-                b_o = tl.dot(b_q * tl.exp(b_gc.to(tl.float32)), b_h)
+                b_o = tl.dot(b_q * tl.exp(b_gc.to(tl.float32)), tl.load(p_h))  # reloaded: fewer live registers
                 b_qn = b_q * tl.exp((b_gc - b_gn[None, :]).to(tl.float32))
-                for i_j in tl.static_range(i_i):  # earlier sub-blocks of the chunk, all inside the sequence
+                for i_j in range(0, i_i):  # earlier sub-blocks of the chunk, all inside the sequence
                     rows_j = t0 + i_j * BC + o_c
                     b_kj = tl.load(p_k + rows_j[:, None] * s_kt).to(tl.float32)
                     b_kj *= tl.exp((b_gn[None, :] - tl.load(p_gc + rows_j[:, None] * HKV * K)).to(tl.float32))

@@ -1,0 +1,136 @@
+"""Times the GLA prefill of one SpikingBrain-7B layer on a CUDA GPU: fla's chunk_gla as `ops/gla/fla.py` calls it
+(k, v, g and states repeated over the query heads) against our GQA-aware kernels (`ops/gla/triton_chunk.py`).
+
+Inputs are fp32 column slices of one packed [T, (H + 3 Hkv) d] tensor, as the model's GLA layer passes them. Each
+case first checks that both paths give the same outputs and final states (largest difference relative to the
+largest magnitude; over 2e-3 it stops), then times each path with CUDA events (warm-up calls, median of
+--repeats). Prints a table and writes gla_prefill.json to --out:
+
+    python benchmarks/gla_prefill.py --out /tmp/out
+"""
+
+import argparse
+import importlib.metadata
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+TOLERANCE = 2e-3  # fp32 dots run in tf32 in both paths
+CASES = {  # name: (sequence lengths, whether they continue from a state)
+    "1 x 4096": ([4096], False),
+    "1 x 16384": ([16384], False),
+    "4 x 4096 warm": ([4096] * 4, True),
+}
+
+
+def make_case(lengths, warm, heads, kv_heads, head_dim):
+    """(q, k, v, g views of one packed tensor, prefill keyword arguments) on the GPU; state slots 1.. of 8."""
+    T, d = sum(lengths), head_dim
+    columns = [heads * d, kv_heads * d, kv_heads * d, kv_heads * d]
+    packed = torch.randn(T, sum(columns), device="cuda")
+    q, k, v, g = packed.split(columns, dim=1)
+    q.relu_(), k.relu_()  # the model's feature map
+    g.copy_(F.logsigmoid(g * 4) / 16)  # the model's gate
+    q, k, v, g = (x.view(T, -1, d) for x in (q, k, v, g))
+    n = len(lengths)
+    kwargs = dict(
+        state=torch.randn(n + 4, kv_heads, d, d, device="cuda") * 0.1,
+        state_indices=torch.arange(1, n + 1, dtype=torch.int32, device="cuda"),
+        cu_seqlens=torch.tensor([0, *lengths], device="cuda").cumsum(0).to(torch.int32),
+        has_initial_state=torch.full((n,), warm, device="cuda"),
+        scale=d**-0.5,
+    )
+    return (q, k, v, g), kwargs
+
+
+def relative_difference(actual, expected) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-6)).item()
+
+
+def check(paths, inputs, kwargs) -> dict:
+    """Outputs and final states of each path from the same initial state; their relative differences."""
+    results = {}
+    for name, varlen in paths.items():
+        state = kwargs["state"].clone()
+        o = varlen(*inputs, **(kwargs | {"state": state}))
+        results[name] = o, state[kwargs["state_indices"].long()]
+    (o_ref, s_ref), (o, s) = results.values()
+    return {"output": relative_difference(o, o_ref), "state": relative_difference(s, s_ref)}
+
+
+def median_us(varlen, inputs, kwargs, warmup, repeats) -> float:
+    state = kwargs["state"].clone()  # each call continues the last one's states: the work is the same
+    for _ in range(warmup):
+        varlen(*inputs, **(kwargs | {"state": state}))
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        varlen(*inputs, **(kwargs | {"state": state}))
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times)
+
+
+def version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder for gla_prefill.json")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--heads", type=int, default=28)
+    parser.add_argument("--kv-heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=128)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gla_prefill.py needs a CUDA GPU")
+
+    import triton
+
+    from vllm_neuronchip.ops.gla import fla, triton_chunk
+
+    paths = {"fla": fla.gla_varlen, "triton": triton_chunk.gla_varlen}
+    torch.manual_seed(0)
+    rows = []
+    for case, (lengths, warm) in CASES.items():
+        inputs, kwargs = make_case(lengths, warm, args.heads, args.kv_heads, args.head_dim)
+        differences = check(paths, inputs, kwargs)
+        print(f"{case}: triton vs fla, max |difference| / max |fla|: output {differences['output']:.2e}, "
+              f"final states {differences['state']:.2e}", flush=True)
+        if max(differences.values()) > TOLERANCE:
+            sys.exit(f"{case}: triton and fla differ by more than {TOLERANCE} (relative to the largest magnitude)")
+        us = {name: median_us(varlen, inputs, kwargs, args.warmup, args.repeats) for name, varlen in paths.items()}
+        rows.append({"case": case, "tokens": sum(lengths), "lengths": lengths, "warm": warm,
+                     "fla_us": us["fla"], "triton_us": us["triton"], "fla_over_triton": us["fla"] / us["triton"],
+                     "relative_difference": differences})
+        del inputs, kwargs
+        torch.cuda.empty_cache()
+
+    print(f"\n{'case':<16}{'tokens':>8}{'fla µs':>12}{'triton µs':>12}{'fla/triton':>12}")
+    for row in rows:
+        print(f"{row['case']:<16}{row['tokens']:>8}{row['fla_us']:>12.0f}{row['triton_us']:>12.0f}"
+              f"{row['fla_over_triton']:>12.2f}")
+    result = {
+        "command": [sys.executable, *sys.argv], "device": torch.cuda.get_device_name(),
+        "versions": {"torch": torch.__version__, "triton": triton.__version__, "fla-core": version("fla-core")},
+        "shape": {"heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "dtype": "float32"},
+        "repeats": args.repeats, "warmup": args.warmup, "cases": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gla_prefill.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out / 'gla_prefill.json'}")
+
+
+if __name__ == "__main__":
+    main()
