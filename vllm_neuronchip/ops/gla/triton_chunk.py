@@ -3,11 +3,13 @@
 fla has no GQA, so `fla.gla_varlen` repeats k, v, g and the states over the G query heads of each KV head and fla
 keeps one fp32 state per query head and chunk. Here k, v, g, the chunk-local gate cumsums and the chunk states stay
 per KV head (G = 7 times less state traffic in the 7B model), and q, k, v, g are read through their strides (the
-model passes column slices of one packed tensor). Two launches:
+model passes column slices of one packed tensor). Three launches, as fla splits its chunk_gla:
 
 - scan, one program per (sequence, KV head, key block, value block): walks the sequence's chunks of BT tokens,
   records the state entering each chunk and writes the final state to its slot;
-- output, one program per (chunk, query head, value block): o = (q exp(gc)) S_chunk + the causal intra-chunk part.
+- scores, one program per (chunk, query head, block of BC rows): the causal intra-chunk scores A [T, H, BT];
+- output, one program per (chunk, query head, value block): o = (q exp(gc)) S_chunk + A v, two tensor-core dots.
+  (Computing A inside this kernel, per row block, spilled ~390 registers on sm_90; split, none spill.)
 
 Exponents are never positive (fla's scheme): gc is the cumsum of g within a chunk, the state enters a token as
 exp(gc) and k leaves it as exp(gc_last - gc); intra-chunk scores of 16-row sub-blocks use the sub-block's first
@@ -51,13 +53,17 @@ def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_stat
     _scan_kernel()[(len(first_chunk), Hkv, triton.cdiv(K, BK_SCAN) * triton.cdiv(V, BV_SCAN))](
         k, k.stride(0), k.stride(1), v, v.stride(0), v.stride(1), g, g.stride(0), g.stride(1),
         state, *state.stride(), state_indices, has_initial_state, cu_seqlens, first_chunk, chunk_states, gc,
-        HKV=Hkv, K=K, V=V, BT=BT, BK=BK_SCAN, BV=BV_SCAN, num_warps=4,
+        HKV=Hkv, K=K, V=V, BT=BT, BK=BK_SCAN, BV=BV_SCAN, num_warps=8,
+    )
+    scores = q.new_empty(T, H, BT, dtype=torch.float32)
+    _scores_kernel()[(len(chunks), H, BT // BC)](
+        q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), gc, chunks, cu_seqlens, scores,
+        HKV=Hkv, G=H // Hkv, K=K, BT=BT, BC=BC, num_warps=4,
     )
     BV_OUT = min(64, V)
     _output_kernel()[(len(chunks), H, triton.cdiv(V, BV_OUT))](
-        q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), v, v.stride(0), v.stride(1),
-        gc, chunk_states, chunks, cu_seqlens, o, scale,
-        HKV=Hkv, G=H // Hkv, K=K, V=V, BT=BT, BC=BC, BV=BV_OUT, num_warps=4,
+        q, q.stride(0), q.stride(1), v, v.stride(0), v.stride(1), gc, chunk_states, scores, chunks, cu_seqlens, o,
+        scale, HKV=Hkv, G=H // Hkv, K=K, V=V, BT=BT, BV=BV_OUT, num_warps=8,
     )
     return o
 
@@ -106,54 +112,79 @@ def _scan_kernel():
 
 
 @functools.cache
+def _scores_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def gla_chunk_scores_kernel(
+        q, s_qt, s_qh, k, s_kt, s_kh, gc, chunks, cu_seqlens, scores,
+        HKV: tl.constexpr, G: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    ):
+        # Row block i_i (BC rows) of the chunk's causal scores A[i, j] = sum_k q_i k_j exp(gc_i - gc_j), j <= i.
+        i_c, i_hq, i_i = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        i_h = i_hq // G
+        o_c = tl.arange(0, BC)
+        o_k = tl.arange(0, K)
+        t0 = tl.load(chunks + 2 * i_c + 1).to(tl.int64)
+        eos = tl.load(cu_seqlens + tl.load(chunks + 2 * i_c) + 1).to(tl.int64)
+        r0 = t0 + i_i * BC
+        if r0 < eos:
+            rows = r0 + o_c
+            m_i = (rows < eos)[:, None]
+            p_a = scores + (rows[:, None] * HKV * G + i_hq) * BT + o_c[None, :]
+            p_k = k + i_h * s_kh + o_k
+            p_gc = gc + i_h * K + o_k
+            b_q = tl.load(q + rows[:, None] * s_qt + i_hq * s_qh + o_k[None, :], mask=m_i, other=0.0).to(tl.float32)
+            b_gc = tl.load(p_gc + rows[:, None] * HKV * K, mask=m_i, other=0.0)
+            b_gn = tl.load(p_gc + r0 * HKV * K)  # reference: gc of the block's first row
+            b_qn = b_q * tl.exp((b_gc - b_gn[None, :]).to(tl.float32))
+            for i_j in range(0, i_i):  # earlier row blocks of the chunk, all inside the sequence
+                rows_j = t0 + i_j * BC + o_c
+                b_kj = tl.load(p_k + rows_j[:, None] * s_kt).to(tl.float32)
+                b_kj *= tl.exp((b_gn[None, :] - tl.load(p_gc + rows_j[:, None] * HKV * K)).to(tl.float32))
+                tl.store(p_a + i_j * BC, tl.dot(b_qn, tl.trans(b_kj)), mask=m_i)
+            b_a = tl.zeros([BC, BC], dtype=tl.float32)  # the diagonal block, one key row j at a time
+            for j in range(0, tl.minimum(BC, eos - r0)):
+                b_kr = tl.load(p_k + (r0 + j) * s_kt).to(tl.float32)
+                b_gr = tl.load(p_gc + (r0 + j) * HKV * K)
+                b_decay = tl.exp(tl.minimum(b_gc - b_gr[None, :], 0.0).to(tl.float32))  # rows i < j: masked below
+                b_aj = tl.sum(b_q * b_kr[None, :] * b_decay, axis=1)
+                b_a += tl.where(o_c[None, :] == j, b_aj[:, None], 0.0)
+            tl.store(p_a + i_i * BC, tl.where(o_c[:, None] >= o_c[None, :], b_a, 0.0), mask=m_i)
+
+    return gla_chunk_scores_kernel
+
+
+@functools.cache
 def _output_kernel():
     import triton
     import triton.language as tl
 
     @triton.jit
     def gla_chunk_output_kernel(
-        q, s_qt, s_qh, k, s_kt, s_kh, v, s_vt, s_vh, gc, chunk_states, chunks, cu_seqlens, o, scale,
-        HKV: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-        BT: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr,
+        q, s_qt, s_qh, v, s_vt, s_vh, gc, chunk_states, scores, chunks, cu_seqlens, o, scale,
+        HKV: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
     ):
+        # o = (q exp(gc)) S_chunk + A v for one chunk, query head and value block; A's blocks above the diagonal
+        # (never written) are masked out, as are rows past the sequence's end.
         i_c, i_hq, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         i_h = i_hq // G
-        o_c = tl.arange(0, BC)
+        o_t = tl.arange(0, BT)
         o_k = tl.arange(0, K)
         o_v = i_v * BV + tl.arange(0, BV)
         t0 = tl.load(chunks + 2 * i_c + 1).to(tl.int64)
         eos = tl.load(cu_seqlens + tl.load(chunks + 2 * i_c) + 1).to(tl.int64)
-        p_h = chunk_states + (i_c.to(tl.int64) * HKV + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
-        p_k = k + i_h * s_kh + o_k
-        p_v = v + i_h * s_vh + o_v
-        p_gc = gc + i_h * K + o_k
-        for i_i in range(0, BT // BC):
-            r0 = t0 + i_i * BC
-            if r0 < eos:
-                rows = r0 + o_c
-                m_i = (rows < eos)[:, None]
-                b_q = tl.load(q + rows[:, None] * s_qt + i_hq * s_qh + o_k[None, :], mask=m_i, other=0.0)
-                b_q = b_q.to(tl.float32)
-                b_gc = tl.load(p_gc + rows[:, None] * HKV * K, mask=m_i, other=float("-inf"))  # rows past the end: 0
-                b_gn = tl.load(p_gc + r0 * HKV * K)  # reference: gc of the sub-block's first row
-                b_o = tl.dot(b_q * tl.exp(b_gc.to(tl.float32)), tl.load(p_h))  # reloaded: fewer live registers
-                b_qn = b_q * tl.exp((b_gc - b_gn[None, :]).to(tl.float32))
-                for i_j in range(0, i_i):  # earlier sub-blocks of the chunk, all inside the sequence
-                    rows_j = t0 + i_j * BC + o_c
-                    b_kj = tl.load(p_k + rows_j[:, None] * s_kt).to(tl.float32)
-                    b_kj *= tl.exp((b_gn[None, :] - tl.load(p_gc + rows_j[:, None] * HKV * K)).to(tl.float32))
-                    b_vj = tl.load(p_v + rows_j[:, None] * s_vt).to(tl.float32)
-                    b_o += tl.dot(tl.dot(b_qn, tl.trans(b_kj)), b_vj)
-                b_a = tl.zeros([BC, BC], dtype=tl.float32)  # the diagonal sub-block, one key row j at a time
-                for j in range(0, tl.minimum(BC, eos - r0)):
-                    b_kr = tl.load(p_k + (r0 + j) * s_kt).to(tl.float32)
-                    b_gr = tl.load(p_gc + (r0 + j) * HKV * K)
-                    b_decay = tl.exp(tl.minimum(b_gc - b_gr[None, :], 0.0).to(tl.float32))  # rows i < j: masked below
-                    b_aj = tl.sum(b_q * b_kr[None, :] * b_decay, axis=1)
-                    b_a += tl.where(o_c[None, :] == j, b_aj[:, None], 0.0)
-                b_a = tl.where(o_c[:, None] >= o_c[None, :], b_a, 0.0)
-                b_v = tl.load(p_v + rows[:, None] * s_vt, mask=m_i, other=0.0).to(tl.float32)
-                b_o += tl.dot(b_a, b_v)
-                tl.store(o + (rows[:, None] * HKV * G + i_hq) * V + o_v[None, :], b_o * scale, mask=m_i)
+        rows = t0 + o_t
+        m_t = (rows < eos)[:, None]
+        b_q = tl.load(q + rows[:, None] * s_qt + i_hq * s_qh + o_k[None, :], mask=m_t, other=0.0).to(tl.float32)
+        b_gc = tl.load(gc + (rows[:, None] * HKV + i_h) * K + o_k[None, :], mask=m_t, other=0.0)
+        b_h = tl.load(chunk_states + (i_c.to(tl.int64) * HKV + i_h) * K * V + o_k[:, None] * V + o_v[None, :])
+        b_o = tl.dot(b_q * tl.exp(b_gc.to(tl.float32)), b_h)
+        m_a = m_t & (o_t[:, None] >= o_t[None, :])
+        b_a = tl.load(scores + (rows[:, None] * HKV * G + i_hq) * BT + o_t[None, :], mask=m_a, other=0.0)
+        b_v = tl.load(v + rows[:, None] * s_vt + i_h * s_vh + o_v[None, :], mask=m_t, other=0.0).to(tl.float32)
+        b_o = tl.dot(b_a, b_v, b_o)
+        tl.store(o + (rows[:, None] * HKV * G + i_hq) * V + o_v[None, :], b_o * scale, mask=m_t)
 
     return gla_chunk_output_kernel
