@@ -305,6 +305,16 @@ def test_triton_decode_in_interpreter():
     run_in_interpreter(INTERPRETER_CHECK, "triton decode ok")
 
 
+def test_chunk_table_and_its_reuse_within_a_step():
+    chunks, first_chunk = triton_chunk.chunk_table([0, 3, 3, 140], chunk_size=64)  # an empty sequence in between
+    assert chunks.tolist() == [[0, 0], [2, 3], [2, 67], [2, 131]] and first_chunk.tolist() == [0, 1, 1]
+    bounds = torch.tensor([0, 3, 3, 140])
+    table = triton_chunk.device_chunk_table(bounds)
+    assert triton_chunk.device_chunk_table(bounds) is table  # the layers of a step share one bounds tensor
+    other = triton_chunk.device_chunk_table(torch.tensor([0, 65]))  # the next step's
+    assert other is not table and other[0].tolist() == [[0, 0], [0, 64]]
+
+
 def test_triton_prefill_in_interpreter():
     """triton_chunk against the recurrence: GQA, K != V, lengths 1 to 130 with warm and fresh (NaN) slots,
     gates down to -60 a token, fp32 and bf16, strided inputs."""

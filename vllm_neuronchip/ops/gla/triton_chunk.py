@@ -37,6 +37,17 @@ def chunk_table(cu_seqlens: list[int], chunk_size: int = BT) -> tuple[torch.Tens
     return torch.tensor(chunks, dtype=torch.int32).view(-1, 2), torch.tensor(first_chunk, dtype=torch.int32)
 
 
+_last_table: list = [None, None]  # (cu_seqlens tensor, its chunk table on the device), referenced so ids stay unique
+
+
+def device_chunk_table(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`chunk_table` of these bounds on their device. Its host sync happens once a step: the GLA layers of a step
+    share one `cu_seqlens` tensor (`gla_backend`), so the last table is reused while the same tensor comes back."""
+    if _last_table[0] is not cu_seqlens:
+        _last_table[:] = cu_seqlens, tuple(x.to(cu_seqlens.device) for x in chunk_table(cu_seqlens.tolist()))
+    return _last_table[1]
+
+
 def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_state, scale):
     """Same contract as `ops.gla.gla_varlen` (CUDA tensors; q, k, v, g fp32 or bf16, rows may be strided)."""
     import triton
@@ -44,7 +55,7 @@ def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_stat
     T, H, K = q.shape
     Hkv, V = v.shape[1], v.shape[2]
     assert all(x.stride(-1) == 1 for x in (q, k, v, g)), "the head dimension must be contiguous"
-    chunks, first_chunk = (x.to(q.device) for x in chunk_table(cu_seqlens.tolist()))
+    chunks, first_chunk = device_chunk_table(cu_seqlens)
     chunk_states = q.new_empty(len(chunks), Hkv, K, V, dtype=torch.float32)
     gc = q.new_empty(T, Hkv, K, dtype=torch.float64)
     o = q.new_empty(T, H, V, dtype=torch.float32)
