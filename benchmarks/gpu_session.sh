@@ -145,7 +145,7 @@ case "$step" in
       --profile "${3:-32768}" --out "$out" > "$out/profile_$model.log" 2>&1
     grep -E "^\[$model\]" "$out/profile_$model.log" | tail -18 ;;
   gla-prefill)
-    timeout 200 python3 -m pytest -q -m gpu tests/ops/test_gla.py -k varlen_on_cuda -p no:cacheprovider -W ignore \
+    timeout 200 python3 -m pytest -q -m gpu tests/ops/test_gla.py -k "varlen_on_cuda or prefill_setting" -p no:cacheprovider -W ignore \
       > "$out/gpu_gla_tests.log" 2>&1; summary "$out/gpu_gla_tests.log"
     timeout 200 python3 benchmarks/gla_prefill.py --out "$out" > "$out/gla_prefill.log" 2>&1; tail -20 "$out/gla_prefill.log"
     python3 -c "import json, sys; sys.exit(any(c['fla_over_triton'] < 1 for c in json.load(open(sys.argv[1]))['cases']))" \
