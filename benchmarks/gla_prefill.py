@@ -4,7 +4,8 @@
 Inputs are fp32 column slices of one packed [T, (H + 3 Hkv) d] tensor, as the model's GLA layer passes them. Each
 case first checks that both paths give the same outputs and final states (largest difference relative to the
 largest magnitude; over 2e-3 it stops), then times each path with CUDA events (warm-up calls, median of
---repeats). Prints a table and writes gla_prefill.json to --out:
+--repeats) and lists the GPU kernels of one call of each (torch profiler). Prints a table and writes
+gla_prefill.json to --out:
 
     python benchmarks/gla_prefill.py --out /tmp/out
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from gpu_latency import kernel_table
 
 TOLERANCE = 2e-3  # fp32 dots run in tf32 in both paths
 CASES = {  # name: (sequence lengths, whether they continue from a state)
@@ -77,6 +79,15 @@ def median_us(varlen, inputs, kwargs, warmup, repeats) -> float:
     return statistics.median(times)
 
 
+def kernels(varlen, inputs, kwargs) -> dict:
+    """One call under the torch profiler: its GPU kernels by total time (where each path spends it)."""
+    state = kwargs["state"].clone()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        varlen(*inputs, **(kwargs | {"state": state}))
+        torch.cuda.synchronize()
+    return kernel_table(profiler.key_averages(), top=8)
+
+
 def version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
@@ -111,9 +122,13 @@ def main() -> None:
         if max(differences.values()) > TOLERANCE:
             sys.exit(f"{case}: triton and fla differ by more than {TOLERANCE} (relative to the largest magnitude)")
         us = {name: median_us(varlen, inputs, kwargs, args.warmup, args.repeats) for name, varlen in paths.items()}
+        profiles = {name: kernels(varlen, inputs, kwargs) for name, varlen in paths.items()}
+        for name, profile in profiles.items():
+            listed = ", ".join(f"{row['kernel'][:40]} {row['ms'] * 1e3:.0f} us" for row in profile["kernels"])
+            print(f"  {name}: {listed}")
         rows.append({"case": case, "tokens": sum(lengths), "lengths": lengths, "warm": warm,
                      "fla_us": us["fla"], "triton_us": us["triton"], "fla_over_triton": us["fla"] / us["triton"],
-                     "relative_difference": differences})
+                     "relative_difference": differences, "kernels": profiles})
         del inputs, kwargs
         torch.cuda.empty_cache()
 
