@@ -11,6 +11,8 @@ writes gla_prefill.json to --out:
 """
 
 import argparse
+import dataclasses
+import functools
 import importlib.metadata
 import json
 import statistics
@@ -88,6 +90,28 @@ def kernels(varlen, inputs, kwargs) -> dict:
     return kernel_table(profiler.key_averages(), top=8)
 
 
+def sweep_tiles(default) -> list:
+    """triton_chunk.Tiles alternatives: fp32 gate cumsums, then each kernel's tiles and warps on top of that."""
+    fp32 = dataclasses.replace(default, gc_fp64=False)
+    changes = [dict(scan_bk=16, scan_bv=32, scan_warps=4), dict(scan_bk=32, scan_bv=32, scan_warps=4),
+               dict(scan_bk=16, scan_bv=16, scan_warps=4), dict(scan_bk=64, scan_bv=32, scan_warps=8),
+               dict(scores_warps=2), dict(scores_warps=8), dict(output_bv=128), dict(output_warps=4)]
+    return [fp32] + [dataclasses.replace(fp32, **change) for change in changes]
+
+
+def sweep(triton_chunk, fla_varlen, inputs, kwargs, args) -> list[dict]:
+    """Each Tiles alternative checked against fla, then timed."""
+    rows = []
+    for tiles in sweep_tiles(triton_chunk.Tiles()):
+        varlen = functools.partial(triton_chunk.gla_varlen, tiles=tiles)
+        differences = check({"fla": fla_varlen, "triton": varlen}, inputs, kwargs)
+        us = median_us(varlen, inputs, kwargs, args.warmup, args.repeats)
+        rows.append({"tiles": dataclasses.asdict(tiles), "triton_us": us, "relative_difference": differences,
+                     "agrees": max(differences.values()) <= TOLERANCE})
+        print(f"  sweep {us:8.0f} us  agrees={rows[-1]['agrees']}  {tiles}", flush=True)
+    return rows
+
+
 def version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
@@ -103,6 +127,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=28)
     parser.add_argument("--kv-heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--sweep", action="store_true", help="also time triton_chunk.Tiles alternatives (16K-token cases)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gla_prefill.py needs a CUDA GPU")
@@ -130,6 +155,8 @@ def main() -> None:
         rows.append({"case": case, "tokens": sum(lengths), "lengths": lengths, "warm": warm,
                      "fla_us": us["fla"], "triton_us": us["triton"], "fla_over_triton": us["fla"] / us["triton"],
                      "relative_difference": differences, "kernels": profiles})
+        if args.sweep and sum(lengths) >= 16384:
+            rows[-1]["sweep"] = sweep(triton_chunk, fla.gla_varlen, inputs, kwargs, args)
         del inputs, kwargs
         torch.cuda.empty_cache()
 

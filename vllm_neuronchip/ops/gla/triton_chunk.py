@@ -20,6 +20,7 @@ largest magnitude) on the tests' 'mixed' gates; with fp64 they agree to 3e-7.
 """
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
@@ -37,6 +38,19 @@ def chunk_table(cu_seqlens: list[int], chunk_size: int = BT) -> tuple[torch.Tens
     return torch.tensor(chunks, dtype=torch.int32).view(-1, 2), torch.tensor(first_chunk, dtype=torch.int32)
 
 
+@dataclass(frozen=True)
+class Tiles:
+    """Launch settings of the three kernels (`benchmarks/gla_prefill.py --sweep` times alternatives)."""
+
+    scan_bk: int = 32  # the scan's state block: K / scan_bk x V / scan_bv programs per sequence and KV head
+    scan_bv: int = 32
+    scan_warps: int = 8
+    scores_warps: int = 4
+    output_bv: int = 64
+    output_warps: int = 8
+    gc_fp64: bool = True  # gate cumsums in fp64 (see the module docstring) or fp32
+
+
 _last_table: list = [None, None]  # (cu_seqlens tensor, its chunk table on the device), referenced so ids stay unique
 
 
@@ -48,7 +62,7 @@ def device_chunk_table(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return _last_table[1]
 
 
-def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_state, scale):
+def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_state, scale, tiles: Tiles = Tiles()):
     """Same contract as `ops.gla.gla_varlen` (CUDA tensors; q, k, v, g fp32 or bf16, rows may be strided)."""
     import triton
 
@@ -56,25 +70,28 @@ def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_stat
     Hkv, V = v.shape[1], v.shape[2]
     assert all(x.stride(-1) == 1 for x in (q, k, v, g)), "the head dimension must be contiguous"
     chunks, first_chunk = device_chunk_table(cu_seqlens)
+    assert len(chunks) < 65536, "at most 65535 chunks (4M tokens) a call: chunks are the grid's second axis"
     chunk_states = q.new_empty(len(chunks), Hkv, K, V, dtype=torch.float32)
-    gc = q.new_empty(T, Hkv, K, dtype=torch.float64)
+    gc = q.new_empty(T, Hkv, K, dtype=torch.float64 if tiles.gc_fp64 else torch.float32)
     o = q.new_empty(T, H, V, dtype=torch.float32)
 
-    BK_SCAN, BV_SCAN = min(32, K), min(32, V)
-    _scan_kernel()[(len(first_chunk), Hkv, triton.cdiv(K, BK_SCAN) * triton.cdiv(V, BV_SCAN))](
+    bk, bv = min(tiles.scan_bk, K), min(tiles.scan_bv, V)
+    _scan_kernel()[(len(first_chunk), Hkv, triton.cdiv(K, bk) * triton.cdiv(V, bv))](
         k, k.stride(0), k.stride(1), v, v.stride(0), v.stride(1), g, g.stride(0), g.stride(1),
         state, *state.stride(), state_indices, has_initial_state, cu_seqlens, first_chunk, chunk_states, gc,
-        HKV=Hkv, K=K, V=V, BT=BT, BK=BK_SCAN, BV=BV_SCAN, num_warps=8,
+        HKV=Hkv, K=K, V=V, BT=BT, BK=bk, BV=bv, num_warps=tiles.scan_warps,
     )
+    # The query heads (and row blocks, value blocks) of a chunk are the grid's first axis, so the programs that
+    # share a chunk's k, v, gc and state run together and find them in L2.
     scores = q.new_empty(T, H, BT, dtype=torch.float32)
-    _scores_kernel()[(len(chunks), H, BT // BC)](
+    _scores_kernel()[(H * (BT // BC), len(chunks))](
         q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), gc, chunks, cu_seqlens, scores,
-        HKV=Hkv, G=H // Hkv, K=K, BT=BT, BC=BC, num_warps=4,
+        HKV=Hkv, G=H // Hkv, K=K, BT=BT, BC=BC, num_warps=tiles.scores_warps,
     )
-    BV_OUT = min(64, V)
-    _output_kernel()[(len(chunks), H, triton.cdiv(V, BV_OUT))](
+    bv = min(tiles.output_bv, V)
+    _output_kernel()[(H * triton.cdiv(V, bv), len(chunks))](
         q, q.stride(0), q.stride(1), v, v.stride(0), v.stride(1), gc, chunk_states, scores, chunks, cu_seqlens, o,
-        scale, HKV=Hkv, G=H // Hkv, K=K, V=V, BT=BT, BV=BV_OUT, num_warps=8,
+        scale, HKV=Hkv, G=H // Hkv, K=K, V=V, BT=BT, BV=bv, num_warps=tiles.output_warps,
     )
     return o
 
@@ -111,7 +128,7 @@ def _scan_kernel():
             b_k = tl.load(k + rows[:, None] * s_kt + i_h * s_kh + o_k[None, :], mask=m_t, other=0.0).to(tl.float32)
             b_g = tl.load(g + rows[:, None] * s_gt + i_h * s_gh + o_k[None, :], mask=m_t, other=0.0).to(tl.float32)
             b_v = tl.load(v + rows[:, None] * s_vt + i_h * s_vh + o_v[None, :], mask=m_t, other=0.0).to(tl.float32)
-            b_gc = tl.cumsum(b_g.to(tl.float64), axis=0)
+            b_gc = tl.cumsum(b_g.to(gc.dtype.element_ty), axis=0)
             if i_v == 0:
                 tl.store(gc + (rows[:, None] * HKV + i_h) * K + o_k[None, :], b_gc, mask=m_t)
             b_gl = tl.sum(tl.where(o_t[:, None] == BT - 1, b_gc, 0.0), axis=0)  # gc of the last (or a tail) row
@@ -133,7 +150,7 @@ def _scores_kernel():
         HKV: tl.constexpr, G: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     ):
         # Row block i_i (BC rows) of the chunk's causal scores A[i, j] = sum_k q_i k_j exp(gc_i - gc_j), j <= i.
-        i_c, i_hq, i_i = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        i_hq, i_i, i_c = tl.program_id(0) // (BT // BC), tl.program_id(0) % (BT // BC), tl.program_id(1)
         i_h = i_hq // G
         o_c = tl.arange(0, BC)
         o_k = tl.arange(0, K)
@@ -179,7 +196,7 @@ def _output_kernel():
     ):
         # o = (q exp(gc)) S_chunk + A v for one chunk, query head and value block; A's blocks above the diagonal
         # (never written) are masked out, as are rows past the sequence's end.
-        i_c, i_hq, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        i_hq, i_v, i_c = tl.program_id(0) // tl.cdiv(V, BV), tl.program_id(0) % tl.cdiv(V, BV), tl.program_id(1)
         i_h = i_hq // G
         o_t = tl.arange(0, BT)
         o_k = tl.arange(0, K)
