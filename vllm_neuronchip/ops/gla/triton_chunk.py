@@ -49,6 +49,11 @@ class Tiles:
     output_bv: int = 64
     output_warps: int = 8
     gc_fp64: bool = True  # gate cumsums in fp64 (see the module docstring) or fp32
+    heads_first: bool = False  # scores and output grids: (heads x blocks, chunks) instead of (chunks, heads, blocks)
+
+    def grid(self, chunks: int, heads: int, blocks: int) -> tuple[int, ...]:
+        """heads_first puts the programs sharing a chunk's k, v, gc and state next to each other (L2 reuse)."""
+        return (heads * blocks, chunks) if self.heads_first else (chunks, heads, blocks)
 
 
 _last_table: list = [None, None]  # (cu_seqlens tensor, its chunk table on the device), referenced so ids stay unique
@@ -70,7 +75,7 @@ def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_stat
     Hkv, V = v.shape[1], v.shape[2]
     assert all(x.stride(-1) == 1 for x in (q, k, v, g)), "the head dimension must be contiguous"
     chunks, first_chunk = device_chunk_table(cu_seqlens)
-    assert len(chunks) < 65536, "at most 65535 chunks (4M tokens) a call: chunks are the grid's second axis"
+    assert not tiles.heads_first or len(chunks) < 65536, "heads_first: at most 65535 chunks (the grid's 2nd axis)"
     chunk_states = q.new_empty(len(chunks), Hkv, K, V, dtype=torch.float32)
     gc = q.new_empty(T, Hkv, K, dtype=torch.float64 if tiles.gc_fp64 else torch.float32)
     o = q.new_empty(T, H, V, dtype=torch.float32)
@@ -81,17 +86,16 @@ def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_stat
         state, *state.stride(), state_indices, has_initial_state, cu_seqlens, first_chunk, chunk_states, gc,
         HKV=Hkv, K=K, V=V, BT=BT, BK=bk, BV=bv, num_warps=tiles.scan_warps,
     )
-    # The query heads (and row blocks, value blocks) of a chunk are the grid's first axis, so the programs that
-    # share a chunk's k, v, gc and state run together and find them in L2.
     scores = q.new_empty(T, H, BT, dtype=torch.float32)
-    _scores_kernel()[(H * (BT // BC), len(chunks))](
+    _scores_kernel()[tiles.grid(len(chunks), H, BT // BC)](
         q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), gc, chunks, cu_seqlens, scores,
-        HKV=Hkv, G=H // Hkv, K=K, BT=BT, BC=BC, num_warps=tiles.scores_warps,
+        HKV=Hkv, G=H // Hkv, K=K, BT=BT, BC=BC, HEADS_FIRST=tiles.heads_first, num_warps=tiles.scores_warps,
     )
     bv = min(tiles.output_bv, V)
-    _output_kernel()[(H * triton.cdiv(V, bv), len(chunks))](
+    _output_kernel()[tiles.grid(len(chunks), H, triton.cdiv(V, bv))](
         q, q.stride(0), q.stride(1), v, v.stride(0), v.stride(1), gc, chunk_states, scores, chunks, cu_seqlens, o,
-        scale, HKV=Hkv, G=H // Hkv, K=K, V=V, BT=BT, BV=bv, num_warps=tiles.output_warps,
+        scale, HKV=Hkv, G=H // Hkv, K=K, V=V, BT=BT, BV=bv, HEADS_FIRST=tiles.heads_first,
+        num_warps=tiles.output_warps,
     )
     return o
 
@@ -140,17 +144,34 @@ def _scan_kernel():
 
 
 @functools.cache
+def _define_helpers() -> None:
+    global chunk_head_block
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def chunk_head_block(BLOCKS: tl.constexpr, HEADS_FIRST: tl.constexpr):
+        # (chunk, query head, block) of this program, for either grid of `Tiles.grid`.
+        if HEADS_FIRST:
+            return tl.program_id(1), tl.program_id(0) // BLOCKS, tl.program_id(0) % BLOCKS
+        return tl.program_id(0), tl.program_id(1), tl.program_id(2)
+
+
+@functools.cache
 def _scores_kernel():
     import triton
     import triton.language as tl
+
+    _define_helpers()
 
     @triton.jit
     def gla_chunk_scores_kernel(
         q, s_qt, s_qh, k, s_kt, s_kh, gc, chunks, cu_seqlens, scores,
         HKV: tl.constexpr, G: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+        HEADS_FIRST: tl.constexpr,
     ):
         # Row block i_i (BC rows) of the chunk's causal scores A[i, j] = sum_k q_i k_j exp(gc_i - gc_j), j <= i.
-        i_hq, i_i, i_c = tl.program_id(0) // (BT // BC), tl.program_id(0) % (BT // BC), tl.program_id(1)
+        i_c, i_hq, i_i = chunk_head_block(BT // BC, HEADS_FIRST)
         i_h = i_hq // G
         o_c = tl.arange(0, BC)
         o_k = tl.arange(0, K)
@@ -189,14 +210,17 @@ def _output_kernel():
     import triton
     import triton.language as tl
 
+    _define_helpers()
+
     @triton.jit
     def gla_chunk_output_kernel(
         q, s_qt, s_qh, v, s_vt, s_vh, gc, chunk_states, scores, chunks, cu_seqlens, o, scale,
         HKV: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+        HEADS_FIRST: tl.constexpr,
     ):
         # o = (q exp(gc)) S_chunk + A v for one chunk, query head and value block; A's blocks above the diagonal
         # (never written) are masked out, as are rows past the sequence's end.
-        i_hq, i_v, i_c = tl.program_id(0) // tl.cdiv(V, BV), tl.program_id(0) % tl.cdiv(V, BV), tl.program_id(1)
+        i_c, i_hq, i_v = chunk_head_block(tl.cdiv(V, BV), HEADS_FIRST)
         i_h = i_hq // G
         o_t = tl.arange(0, BT)
         o_k = tl.arange(0, K)
