@@ -34,7 +34,7 @@ class NeuronChipSettings(BaseSettings):
     gla_prefill: Literal["fla", "triton"] = Field(
         "fla", description="GLA prefill on CUDA: fla's chunk_gla with k/v/g and states repeated over the query "
         "heads (fla), or our GQA-aware Triton kernels keeping them per KV head (triton, ops/gla/triton_chunk.py; "
-        "1.05-1.89x faster per layer on an H100, opt-in until run inside the engine on a GPU).",
+        "fewer launches than fla, not yet less GPU time on an H100: opt-in, see README).",
     )
     fla_configs: str | None = Field(
         None, description="A table of pinned fla configs to use instead of ops/gla/fla_configs.json "
