@@ -97,7 +97,7 @@ def sweep_tiles(default) -> list:
     changes = [dict(scan_bk=16, scan_bv=32, scan_warps=4), dict(scan_bk=32, scan_bv=32, scan_warps=4),
                dict(scan_bk=16, scan_bv=16, scan_warps=4), dict(scan_bk=64, scan_bv=32, scan_warps=8),
                dict(scores_warps=1), dict(scores_warps=2), dict(scores_warps=8), dict(output_bv=128),
-               dict(output_warps=4)]
+               dict(scan_prefetch=True), dict(output_warps=4)]
     return [dataclasses.replace(default, heads_first=True), fp32] + [
         dataclasses.replace(fp32, **change) for change in changes + [dict(heads_first=True)]]
 

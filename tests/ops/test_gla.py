@@ -286,7 +286,9 @@ for i, (H, Hkv, K, V) in enumerate([(4, 1, 16, 16), (4, 2, 32, 64), (4, 2, 64, 3
             t.check_varlen_batch(triton_chunk.gla_varlen, [65, 1, 130, 5, 63, 64], H, Hkv, K, V, dtype, gate, packed)
 # The launch alternatives benchmarks/gla_prefill.py --sweep times (fp32 cumsums: with the model's gates only, the
 # 'mixed' gates need fp64, see triton_chunk's docstring).
-for tiles, gate in [(triton_chunk.Tiles(heads_first=True), "mixed"), (triton_chunk.Tiles(gc_fp64=False), "logsigmoid")]:
+alternatives = [(triton_chunk.Tiles(heads_first=True, scan_prefetch=True), "mixed"),
+                (triton_chunk.Tiles(gc_fp64=False), "logsigmoid")]
+for tiles, gate in alternatives:
     torch.manual_seed(7)
     varlen = functools.partial(triton_chunk.gla_varlen, tiles=tiles)
     t.check_varlen_batch(varlen, [65, 1, 130, 5], 4, 2, 32, 64, torch.float32, gate, packed=True)

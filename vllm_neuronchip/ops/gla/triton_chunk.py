@@ -45,6 +45,7 @@ class Tiles:
     scan_bk: int = 32  # the scan's state block: K / scan_bk x V / scan_bv programs per sequence and KV head
     scan_bv: int = 32
     scan_warps: int = 8
+    scan_prefetch: bool = False  # load the next chunk's k, g, v before this chunk's state update
     scores_warps: int = 4
     output_bv: int = 64
     output_warps: int = 8
@@ -84,7 +85,7 @@ def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_stat
     _scan_kernel()[(len(first_chunk), Hkv, triton.cdiv(K, bk) * triton.cdiv(V, bv))](
         k, k.stride(0), k.stride(1), v, v.stride(0), v.stride(1), g, g.stride(0), g.stride(1),
         state, *state.stride(), state_indices, has_initial_state, cu_seqlens, first_chunk, chunk_states, gc,
-        HKV=Hkv, K=K, V=V, BT=BT, BK=bk, BV=bv, num_warps=tiles.scan_warps,
+        HKV=Hkv, K=K, V=V, BT=BT, BK=bk, BV=bv, PREFETCH=tiles.scan_prefetch, num_warps=tiles.scan_warps,
     )
     scores = q.new_empty(T, H, BT, dtype=torch.float32)
     _scores_kernel()[tiles.grid(len(chunks), H, BT // BC)](
@@ -105,11 +106,14 @@ def _scan_kernel():
     import triton
     import triton.language as tl
 
+    _define_helpers()
+
     @triton.jit
     def gla_chunk_scan_kernel(
         k, s_kt, s_kh, v, s_vt, s_vh, g, s_gt, s_gh, state, s_slot, s_head, s_key, s_value,
         state_indices, has_initial_state, cu_seqlens, first_chunk, chunk_states, gc,
         HKV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+        PREFETCH: tl.constexpr,
     ):
         # Rows of the state are independent (the decay is diagonal in the key), so a program owns a [BK, BV] block.
         i_n, i_h, i_kv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -124,14 +128,19 @@ def _scan_kernel():
         b_s = tl.where(tl.load(has_initial_state + i_n) != 0, tl.load(p_s), 0.0)  # a fresh slot may hold NaN
         p_h = chunk_states + (tl.load(first_chunk + i_n).to(tl.int64) * HKV + i_h) * K * V
         p_h += o_k[:, None] * V + o_v[None, :]
+        p_k, p_g, p_v = k + i_h * s_kh + o_k[None, :], g + i_h * s_gh + o_k[None, :], v + i_h * s_vh + o_v[None, :]
+        if PREFETCH:  # the next chunk's loads are issued before this chunk's arithmetic (they do not depend on S)
+            n_k, n_g, n_v = load_chunk(p_k, s_kt, p_g, s_gt, p_v, s_vt, bos, eos, BT)
         for t0 in range(bos, eos, BT):
             tl.store(p_h, b_s)  # the state entering this chunk
             p_h += HKV * K * V
             rows = t0 + o_t
             m_t = (rows < eos)[:, None]
-            b_k = tl.load(k + rows[:, None] * s_kt + i_h * s_kh + o_k[None, :], mask=m_t, other=0.0).to(tl.float32)
-            b_g = tl.load(g + rows[:, None] * s_gt + i_h * s_gh + o_k[None, :], mask=m_t, other=0.0).to(tl.float32)
-            b_v = tl.load(v + rows[:, None] * s_vt + i_h * s_vh + o_v[None, :], mask=m_t, other=0.0).to(tl.float32)
+            if PREFETCH:
+                b_k, b_g, b_v = n_k, n_g, n_v
+                n_k, n_g, n_v = load_chunk(p_k, s_kt, p_g, s_gt, p_v, s_vt, t0 + BT, eos, BT)
+            else:
+                b_k, b_g, b_v = load_chunk(p_k, s_kt, p_g, s_gt, p_v, s_vt, t0, eos, BT)
             b_gc = tl.cumsum(b_g.to(gc.dtype.element_ty), axis=0)
             if i_v == 0:
                 tl.store(gc + (rows[:, None] * HKV + i_h) * K + o_k[None, :], b_gc, mask=m_t)
@@ -145,9 +154,19 @@ def _scan_kernel():
 
 @functools.cache
 def _define_helpers() -> None:
-    global chunk_head_block
+    global chunk_head_block, load_chunk
     import triton
     import triton.language as tl
+
+    @triton.jit
+    def load_chunk(p_k, s_kt, p_g, s_gt, p_v, s_vt, t0, eos, BT: tl.constexpr):
+        # k, g, v of the chunk's rows t0 .. t0 + BT (zeros past the sequence's end), in fp32.
+        rows = t0 + tl.arange(0, BT)
+        m_t = (rows < eos)[:, None]
+        b_k = tl.load(p_k + rows[:, None] * s_kt, mask=m_t, other=0.0).to(tl.float32)
+        b_g = tl.load(p_g + rows[:, None] * s_gt, mask=m_t, other=0.0).to(tl.float32)
+        b_v = tl.load(p_v + rows[:, None] * s_vt, mask=m_t, other=0.0).to(tl.float32)
+        return b_k, b_g, b_v
 
     @triton.jit
     def chunk_head_block(BLOCKS: tl.constexpr, HEADS_FIRST: tl.constexpr):
