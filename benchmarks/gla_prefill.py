@@ -44,7 +44,7 @@ def make_case(lengths, warm, heads, kv_heads, head_dim):
     kwargs = dict(
         state=torch.randn(n + 4, kv_heads, d, d, device="cuda") * 0.1,
         state_indices=torch.arange(1, n + 1, dtype=torch.int32, device="cuda"),
-        cu_seqlens=torch.tensor([0, *lengths], device="cuda").cumsum(0).to(torch.int32),
+        cu_seqlens=torch.tensor([0, *lengths], device="cuda").cumsum(0),  # int64, shared by the calls, as in the engine
         has_initial_state=torch.full((n,), warm, device="cuda"),
         scale=d**-0.5,
     )
