@@ -32,7 +32,7 @@
 #   profile [MODEL [LENGTH]]  where one prefill's GPU time goes (default spikingbrain, 32768 tokens): kernels by
 #              total time under the torch profiler (benchmarks/gpu_latency.py --profile, engine in-process)
 #   gla-prefill  the GLA prefill GPU tests, then benchmarks/gla_prefill.py: our GQA-aware Triton kernels against fla's
-#              chunk_gla on the 7B layer shape (outputs compared first)
+#              chunk_gla on the 7B layer shape (outputs compared first), then the triton_chunk.Tiles sweep
 #   ttft-gla   TTFT at 32K and 128K and a profile of one 32K prefill with each GLA prefill path (NEURONCHIP_GLA_PREFILL
 #              fla, then triton if gla-prefill found it faster), in-process engines one after the other
 #              (benchmarks/gpu_latency.py, JSON per path)
