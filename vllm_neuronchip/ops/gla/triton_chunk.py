@@ -13,10 +13,11 @@ model passes column slices of one packed tensor). Three launches, as fla splits 
 
 Exponents are never positive (fla's scheme): gc is the cumsum of g within a chunk, the state enters a token as
 exp(gc) and k leaves it as exp(gc_last - gc); intra-chunk scores of 16-row sub-blocks use the sub-block's first
-row as reference, the diagonal sub-blocks exp(gc_i - gc_j) elementwise. gc is summed and kept in fp64 and only
-differences are rounded to fp32: a fp32 cumsum rounds each near-zero gate added after a strong one (-60) to the
-ulp of the sum, which made the interpreter's outputs differ from the recurrence by 4e-5 (relative to their
-largest magnitude) on the tests' 'mixed' gates; with fp64 they agree to 3e-7.
+row as reference, the diagonal sub-blocks exp(gc_i - gc_j) elementwise. gc is summed in fp64 and by default kept
+in fp64, only differences rounded to fp32: a fp32 cumsum rounds each near-zero gate added after a strong one (-60)
+to the ulp of the sum, which made the interpreter's outputs differ from the recurrence by 4e-5 (relative to their
+largest magnitude) on the tests' 'mixed' gates; with fp64 they agree to 3e-7. `Tiles.gc_fp64=False` stores the
+fp64 sums in fp32 (half the traffic, off by half an ulp of |gc|: enough for the model's gates, not for -60).
 """
 
 import functools
@@ -49,7 +50,7 @@ class Tiles:
     scores_warps: int = 4
     output_bv: int = 64
     output_warps: int = 8
-    gc_fp64: bool = True  # gate cumsums in fp64 (see the module docstring) or fp32
+    gc_fp64: bool = True  # gate cumsums (always summed in fp64, see the module docstring) stored in fp64 or fp32
     heads_first: bool = False  # scores and output grids: (heads x blocks, chunks) instead of (chunks, heads, blocks)
 
     def grid(self, chunks: int, heads: int, blocks: int) -> tuple[int, ...]:
@@ -141,9 +142,9 @@ def _scan_kernel():
                 n_k, n_g, n_v = load_chunk(p_k, s_kt, p_g, s_gt, p_v, s_vt, t0 + BT, eos, BT)
             else:
                 b_k, b_g, b_v = load_chunk(p_k, s_kt, p_g, s_gt, p_v, s_vt, t0, eos, BT)
-            b_gc = tl.cumsum(b_g.to(gc.dtype.element_ty), axis=0)
-            if i_v == 0:
-                tl.store(gc + (rows[:, None] * HKV + i_h) * K + o_k[None, :], b_gc, mask=m_t)
+            b_gc = tl.cumsum(b_g.to(tl.float64), axis=0)
+            if i_v == 0:  # stored in gc's dtype: an fp32 copy of the fp64 sum is off by half an ulp at most
+                tl.store(gc + (rows[:, None] * HKV + i_h) * K + o_k[None, :], b_gc.to(gc.dtype.element_ty), mask=m_t)
             b_gl = tl.sum(tl.where(o_t[:, None] == BT - 1, b_gc, 0.0), axis=0)  # gc of the last (or a tail) row
             b_kl = b_k * tl.exp((b_gl[None, :] - b_gc).to(tl.float32))  # k decayed to the end of the chunk
             b_s = b_s * tl.exp(b_gl.to(tl.float32))[:, None] + tl.dot(tl.trans(b_kl), b_v)
