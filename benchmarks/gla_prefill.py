@@ -91,7 +91,7 @@ def kernels(varlen, inputs, kwargs) -> dict:
 
 
 def sweep_tiles(default) -> list:
-    """triton_chunk.Tiles alternatives: the heads-first grid, fp32 gate cumsums, then each kernel's tiles and warps and
+    """triton_chunk.Tiles alternatives: the heads-first grid, gate cumsums stored in fp32, then each kernel's tiles and warps and
     the heads-first grid on top of fp32."""
     fp32 = dataclasses.replace(default, gc_fp64=False)
     changes = [dict(scan_bk=16, scan_bv=32, scan_warps=4), dict(scan_bk=32, scan_bv=32, scan_warps=4),
