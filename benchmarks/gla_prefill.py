@@ -91,15 +91,16 @@ def kernels(varlen, inputs, kwargs) -> dict:
 
 
 def sweep_tiles(default) -> list:
-    """triton_chunk.Tiles alternatives: the heads-first grid, gate cumsums stored in fp32, then each kernel's tiles and warps and
-    the heads-first grid on top of fp32."""
+    """triton_chunk.Tiles alternatives: the heads-first grid, gate cumsums stored in fp32, then on top of the latter
+    each kernel's tiles and warps, the heads-first grid, and a guess at their combination."""
     fp32 = dataclasses.replace(default, gc_fp64=False)
     changes = [dict(scan_bk=16, scan_bv=32, scan_warps=4), dict(scan_bk=32, scan_bv=32, scan_warps=4),
                dict(scan_bk=16, scan_bv=16, scan_warps=4), dict(scan_bk=64, scan_bv=32, scan_warps=8),
                dict(scores_warps=1), dict(scores_warps=2), dict(scores_warps=8), dict(output_bv=128),
                dict(scan_prefetch=True), dict(output_warps=4)]
     return [dataclasses.replace(default, heads_first=True), fp32] + [
-        dataclasses.replace(fp32, **change) for change in changes + [dict(heads_first=True)]]
+        dataclasses.replace(fp32, **change)
+        for change in changes + [dict(heads_first=True), dict(heads_first=True, scores_warps=2, scan_prefetch=True)]]
 
 
 def sweep(triton_chunk, fla_varlen, inputs, kwargs, args) -> list[dict]:
