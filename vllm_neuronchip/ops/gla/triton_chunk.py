@@ -153,9 +153,14 @@ def _scan_kernel():
     return gla_chunk_scan_kernel
 
 
+chunk_head_block = chunk_bounds = load_chunk = None
+"""Triton functions the kernels share, put here by `_define_helpers` (triton is imported lazily; the kernels reach
+them as module globals, which both Triton's compiler and its interpreter resolve)."""
+
+
 @functools.cache
 def _define_helpers() -> None:
-    global chunk_head_block, load_chunk
+    global chunk_head_block, chunk_bounds, load_chunk
     import triton
     import triton.language as tl
 
@@ -176,6 +181,12 @@ def _define_helpers() -> None:
             return tl.program_id(1), tl.program_id(0) // BLOCKS, tl.program_id(0) % BLOCKS
         return tl.program_id(0), tl.program_id(1), tl.program_id(2)
 
+    @triton.jit
+    def chunk_bounds(chunks, cu_seqlens, i_c):
+        # (first token of chunk i_c, end of its sequence) from the chunk table.
+        t0 = tl.load(chunks + 2 * i_c + 1).to(tl.int64)
+        return t0, tl.load(cu_seqlens + tl.load(chunks + 2 * i_c) + 1).to(tl.int64)
+
 
 @functools.cache
 def _scores_kernel():
@@ -195,8 +206,7 @@ def _scores_kernel():
         i_h = i_hq // G
         o_c = tl.arange(0, BC)
         o_k = tl.arange(0, K)
-        t0 = tl.load(chunks + 2 * i_c + 1).to(tl.int64)
-        eos = tl.load(cu_seqlens + tl.load(chunks + 2 * i_c) + 1).to(tl.int64)
+        t0, eos = chunk_bounds(chunks, cu_seqlens, i_c)
         r0 = t0 + i_i * BC
         if r0 < eos:
             rows = r0 + o_c
@@ -245,8 +255,7 @@ def _output_kernel():
         o_t = tl.arange(0, BT)
         o_k = tl.arange(0, K)
         o_v = i_v * BV + tl.arange(0, BV)
-        t0 = tl.load(chunks + 2 * i_c + 1).to(tl.int64)
-        eos = tl.load(cu_seqlens + tl.load(chunks + 2 * i_c) + 1).to(tl.int64)
+        t0, eos = chunk_bounds(chunks, cu_seqlens, i_c)
         rows = t0 + o_t
         m_t = (rows < eos)[:, None]
         b_q = tl.load(q + rows[:, None] * s_qt + i_hq * s_qh + o_k[None, :], mask=m_t, other=0.0).to(tl.float32)
