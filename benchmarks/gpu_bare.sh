@@ -6,7 +6,7 @@
 #           the benchmark alone)
 set -uo pipefail
 kit=benchmarks/scratch/bare
-case "${1:?usage: benchmarks/gpu_bare.sh pack|run}" in
+case "${1:?usage: benchmarks/gpu_bare.sh pack|run|gla}" in
   pack)
     rm -rf "$kit" && mkdir -p "$kit/wheels" "$kit/stub/vllm" || exit 1
     for wheel in fla_core pydantic pydantic_core pydantic_settings python_dotenv typing_inspection annotated_types; do
@@ -16,13 +16,15 @@ case "${1:?usage: benchmarks/gpu_bare.sh pack|run}" in
     printf 'import logging\n\ninit_logger = logging.getLogger  # vllm.logger stand-in for ops-level runs\n' \
       > "$kit/stub/vllm/logger.py"
     du -sh "$kit" ;;
-  run)
-    site=/var/tmp/bare-site out="${OUT:-/tmp/out}"
+  run)  # the kit's packages beside the host's torch and triton, then the gla step
+    site=/var/tmp/bare-site
     [ -d "$site/fla" ] || python3 -m pip install -q --no-deps --no-index --target "$site" "$kit"/wheels/*.whl
     cp -r "$kit/stub/vllm" "$site/"
-    export PYTHONPATH="$PWD:$site"
-    mkdir -p "$out"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    PYTHONPATH="$PWD:$site" bash "$0" gla ;;
+  gla)  # in the Python environment given (also gpu_session.sh gla-prefill's, with vLLM staged)
+    out="${OUT:-/tmp/out}"
+    mkdir -p "$out"
     [ -n "${SKIP_TESTS:-}" ] || { timeout 200 python3 -m pytest -q -m gpu tests/ops/test_gla.py -p no:cacheprovider \
       -k "varlen_on_cuda or prefill_setting" -W ignore > "$out/gpu_gla_tests.log" 2>&1; tail -3 "$out/gpu_gla_tests.log"; }
     timeout 300 python3 benchmarks/gla_prefill.py --sweep --out "$out" > "$out/gla_prefill.log" 2>&1

@@ -145,9 +145,7 @@ case "$step" in
       --profile "${3:-32768}" --out "$out" > "$out/profile_$model.log" 2>&1
     grep -E "^\[$model\]" "$out/profile_$model.log" | tail -18 ;;
   gla-prefill)
-    timeout 200 python3 -m pytest -q -m gpu tests/ops/test_gla.py -k "varlen_on_cuda or prefill_setting" -p no:cacheprovider -W ignore \
-      > "$out/gpu_gla_tests.log" 2>&1; summary "$out/gpu_gla_tests.log"
-    timeout 300 python3 benchmarks/gla_prefill.py --sweep --out "$out" > "$out/gla_prefill.log" 2>&1; tail -20 "$out/gla_prefill.log"
+    OUT="$out" bash benchmarks/gpu_bare.sh gla
     python3 -c "import json, sys; sys.exit(any(c['fla_over_triton'] < 1 for c in json.load(open(sys.argv[1]))['cases']))" \
       "$out/gla_prefill.json" && touch /var/tmp/gla_triton_wins ;;
   ttft-gla)  # the triton path only where gla-prefill found it faster than fla in every case on this host

@@ -148,20 +148,24 @@ def packed_views(q, k, v, g):
     return tuple(view.view(x.shape) for view, x in zip(views, (q, k, v, g)))
 
 
-def check_varlen_batch(varlen, lengths, H, Hkv, K, V, dtype=torch.float32, gate="logsigmoid", packed=False):
-    """A batch of `make_batch` through `varlen` (inputs as `packed_views` if packed) against `expected_varlen`."""
-    q, k, v, g, cu_seqlens, slots, warm, state = make_batch(lengths, H, Hkv, K, V, len(lengths) + 3, dtype, gate)
-    o_ref, state_ref = expected_varlen(q, k, v, g, cu_seqlens, slots, warm, state)
+def check_varlen_batch(varlen, lengths, H, Hkv, K, V, dtype=torch.float32, gate="logsigmoid", packed=False,
+                       device="cpu", rtol=1e-5):
+    """A batch of `make_batch` through `varlen` on `device` (inputs as `packed_views` if packed) against
+    `expected_varlen` (computed on the CPU)."""
+    batch = make_batch(lengths, H, Hkv, K, V, len(lengths) + 3, dtype, gate)
+    o_ref, state_ref = expected_varlen(*batch)
+    q, k, v, g, cu_seqlens, slots, warm, state = (x.to(device) for x in batch)
     if packed:
         q, k, v, g = packed_views(q, k, v, g)
     o = varlen(
         q, k, v, g, state=state, state_indices=slots, cu_seqlens=cu_seqlens, has_initial_state=warm, scale=SCALE
-    )
+    ).cpu()
+    state = state.cpu()
     assert o.isfinite().all()
-    assert_matches(o, o_ref)
+    assert_matches(o, o_ref, rtol)
     used = torch.zeros(len(state), dtype=torch.bool)
-    used[slots.long()] = True
-    assert_matches(state[used], state_ref[used])
+    used[slots.long().cpu()] = True
+    assert_matches(state[used], state_ref[used], rtol)
     assert state[~used].isnan().all()  # slots outside the batch untouched
 
 
@@ -334,15 +338,8 @@ def test_triton_prefill_in_interpreter():
 def test_fla_varlen_on_cuda(H, Hkv):
     pytest.importorskip("fla", reason="fla-core is not installed")
     torch.manual_seed(6)
-    batch = make_batch([65, 1, 300, 16, 7], H, Hkv, 64, 64, 9, torch.bfloat16)
-    o_ref, state_ref = expected_varlen(*batch)
-    q, k, v, g, cu_seqlens, slots, warm, state = (x.cuda() for x in batch)
-    o = gla.gla_varlen(
-        q, k, v, g, state=state, state_indices=slots, cu_seqlens=cu_seqlens, has_initial_state=warm, scale=SCALE
-    )
-    used = slots.long().cpu()
-    assert_matches(o.cpu(), o_ref, rtol=2e-3)  # fla's fp32 dots run in tf32 on Ampere and newer
-    assert_matches(state.cpu()[used], state_ref[used], rtol=2e-3)
+    # fla's fp32 dots run in tf32 on Ampere and newer
+    check_varlen_batch(gla.gla_varlen, [65, 1, 300, 16, 7], H, Hkv, 64, 64, torch.bfloat16, device="cuda", rtol=2e-3)
 
 
 @pytest.mark.gpu
@@ -350,15 +347,9 @@ def test_fla_varlen_on_cuda(H, Hkv):
 def test_triton_varlen_on_cuda(H, Hkv):
     torch.manual_seed(6)
     for dtype, gate in [(torch.bfloat16, "logsigmoid"), (torch.float32, "mixed")]:
-        batch = make_batch([65, 1, 300, 16, 7], H, Hkv, 64, 64, 9, dtype, gate)
-        o_ref, state_ref = expected_varlen(*batch)
-        q, k, v, g = packed_views(*(x.cuda() for x in batch[:4]))
-        cu_seqlens, slots, warm, state = (x.cuda() for x in batch[4:])
-        o = triton_chunk.gla_varlen(q, k, v, g, state=state, state_indices=slots, cu_seqlens=cu_seqlens,
-                                    has_initial_state=warm, scale=SCALE)
-        used = slots.long().cpu()
-        assert_matches(o.cpu(), o_ref, rtol=2e-3)  # fp32 dots run in tf32 on the GPU, as fla's do
-        assert_matches(state.cpu()[used], state_ref[used], rtol=2e-3)
+        # fp32 dots run in tf32 on the GPU, as fla's do
+        check_varlen_batch(triton_chunk.gla_varlen, [65, 1, 300, 16, 7], H, Hkv, 64, 64, dtype, gate, packed=True,
+                           device="cuda", rtol=2e-3)
 
 
 @pytest.mark.gpu
