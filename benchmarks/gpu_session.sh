@@ -32,16 +32,18 @@
 #   profile [MODEL [LENGTH]]  where one prefill's GPU time goes (default spikingbrain, 32768 tokens): kernels by
 #              total time under the torch profiler (benchmarks/gpu_latency.py --profile, engine in-process)
 #   gla-prefill  the GLA prefill GPU tests, then benchmarks/gla_prefill.py: our GQA-aware Triton kernels against fla's
-#              chunk_gla on the 7B layer shape (outputs compared first), then the triton_chunk.Tiles sweep
+#              chunk_gla on the 7B layer shape (outputs compared first), then the triton_chunk.Tiles sweep; then the
+#              tiny model through our kernels (NEURONCHIP_GLA_PREFILL=triton, CUDA graphs) against the reference
 #   ttft-gla   TTFT at 32K and 128K and a profile of one 32K prefill with each GLA prefill path (NEURONCHIP_GLA_PREFILL
 #              fla, then triton if gla-prefill found it faster), in-process engines one after the other
 #              (benchmarks/gpu_latency.py, JSON per path)
+#   ttft-peers TTFT at 32K and 128K of the sliding-window and the dense peer (ttft-gla's baselines, same session)
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
 #   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
 #   tp2-tiny   (nvidia-h200-x2) vllm serve of a tiny checkpoint at TP=2 through the OpenAI API
 #   tp1, tp2   TTFT at 128K and 512K, decode after each, TP=1 (run with CUDA_VISIBLE_DEVICES=0) or TP=2
 set -uo pipefail
-step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-prefill-sweep|w8aspike-tests|w8aspike-serve|w8aspike-down-serve|bf16-serve|capacity|capacity-both|profile|gla-prefill|ttft-gla|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
+step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-prefill-sweep|w8aspike-tests|w8aspike-serve|w8aspike-down-serve|bf16-serve|capacity|capacity-both|profile|gla-prefill|ttft-gla|ttft-peers|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHINFER_SAMPLER=0
@@ -147,13 +149,22 @@ case "$step" in
   gla-prefill)
     OUT="$out" bash benchmarks/gpu_bare.sh gla
     python3 -c "import json, sys; sys.exit(any(c['fla_over_triton'] < 1 for c in json.load(open(sys.argv[1]))['cases']))" \
-      "$out/gla_prefill.json" && touch /var/tmp/gla_triton_wins ;;
+      "$out/gla_prefill.json" && touch /var/tmp/gla_triton_wins
+    timeout 240 python3 -m pytest -q -m gpu tests/gpu -k triton -p no:cacheprovider -W ignore \
+      > "$out/gpu_model_triton_prefill.log" 2>&1
+    summary "$out/gpu_model_triton_prefill.log" ;;
   ttft-gla)  # the triton path only where gla-prefill found it faster than fla in every case on this host
     paths=(fla); [ -f /var/tmp/gla_triton_wins ] && paths+=(triton)
     for path in "${paths[@]}"; do
       NEURONCHIP_GLA_PREFILL="$path" timeout 280 python3 benchmarks/gpu_latency.py --model spikingbrain \
         --lengths 32768 131072 --repeats 2 --decode-tokens 16 --profile 32768 --out "$out/$path" > "$out/ttft_$path.log" 2>&1
       grep -E "^\[spikingbrain\]" "$out/ttft_$path.log" | tail -14
+    done ;;
+  ttft-peers)
+    for model in swa-peer dense-peer; do
+      timeout 280 python3 benchmarks/gpu_latency.py --model "$model" --lengths 32768 131072 --repeats 2 \
+        --decode-tokens 16 --out "$out" > "$out/ttft_$model.log" 2>&1
+      grep -E "^\[$model\]" "$out/ttft_$model.log" | tail -3
     done ;;
   tp1) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency ;;
   tp2-test)  # the tiny checkpoint at TP=2 against the reference, eager and CUDA graphs at once; cold workers: minutes

@@ -1,5 +1,6 @@
 """The model on a CUDA GPU (fla chunk prefill, Triton decode) equals the pure-torch reference at fp32,
-eager and with CUDA graphs (vLLM's default FULL_AND_PIECEWISE)."""
+eager and with CUDA graphs (vLLM's default FULL_AND_PIECEWISE); with CUDA graphs also through our own GLA prefill
+kernels (NEURONCHIP_GLA_PREFILL=triton)."""
 
 import pytest
 
@@ -11,13 +12,17 @@ from tests.model.test_matches_reference import (
     make_llm,
     random_prompt,
 )
+from vllm_neuronchip.settings import get_settings
 
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("enforce_eager", [True, False], ids=["eager", "cuda-graphs"])
-def test_gpu_matches_reference(tiny_checkpoint, enforce_eager):
+@pytest.mark.parametrize("enforce_eager,gla_prefill", [(True, "fla"), (False, "fla"), (False, "triton")],
+                         ids=["eager", "cuda-graphs", "cuda-graphs-triton-prefill"])
+def test_gpu_matches_reference(tiny_checkpoint, enforce_eager, gla_prefill, monkeypatch):
     directory, tensors, config = tiny_checkpoint
+    monkeypatch.setenv("NEURONCHIP_GLA_PREFILL", gla_prefill)  # the engine runs in this process
+    get_settings.cache_clear()
     engine = make_llm(directory, enforce_eager=enforce_eager, kv_cache_memory_bytes=256 << 20)
     try:
         prompts = [random_prompt(n, seed=n) for n in MIXED_LENGTHS]
@@ -25,6 +30,7 @@ def test_gpu_matches_reference(tiny_checkpoint, enforce_eager):
         alone = [generate(engine, [random_prompt(n, seed=1000 + n)])[0] for n in (1, 40, 1)]
     finally:
         free_llm(engine)
+        get_settings.cache_clear()
     for prompt, output in zip(prompts, batch):
         assert_matches_reference(output, prompt, tensors, config)
     for n, output in zip((1, 40, 1), alone):

@@ -13,11 +13,11 @@ model passes column slices of one packed tensor). Three launches, as fla splits 
 
 Exponents are never positive (fla's scheme): gc is the cumsum of g within a chunk, the state enters a token as
 exp(gc) and k leaves it as exp(gc_last - gc); intra-chunk scores of 16-row sub-blocks use the sub-block's first
-row as reference, the diagonal sub-blocks exp(gc_i - gc_j) elementwise. gc is summed in fp64 and by default kept
-in fp64, only differences rounded to fp32: a fp32 cumsum rounds each near-zero gate added after a strong one (-60)
-to the ulp of the sum, which made the interpreter's outputs differ from the recurrence by 4e-5 (relative to their
-largest magnitude) on the tests' 'mixed' gates; with fp64 they agree to 3e-7. `Tiles.gc_fp64=False` stores the
-fp64 sums in fp32 (half the traffic, off by half an ulp of |gc|: enough for the model's gates, not for -60).
+row as reference, the diagonal sub-blocks exp(gc_i - gc_j) elementwise. gc is summed in fp64 and by default
+stored in fp32, as fla stores its cumsums: off by half an ulp of |gc|, which is enough for the model's gates
+(logsigmoid / 16) but made outputs differ from the recurrence by 4e-5 (relative to their largest magnitude) on the
+tests' 'mixed' gates (-60 a token between near-zero ones). `Tiles.gc_fp64=True` keeps the fp64 sums, only
+differences rounded to fp32: 3e-7 there, at about 1.4x the H100 time of a 16K-token prefill.
 """
 
 import functools
@@ -41,16 +41,17 @@ def chunk_table(cu_seqlens: list[int], chunk_size: int = BT) -> tuple[torch.Tens
 
 @dataclass(frozen=True)
 class Tiles:
-    """Launch settings of the three kernels (`benchmarks/gla_prefill.py --sweep` times alternatives)."""
+    """Launch settings of the three kernels. The defaults combine the H100 winners of `benchmarks/gla_prefill.py
+    --sweep` (results/gpu/h100/session_2026-12-07_1630), which times alternatives against them."""
 
-    scan_bk: int = 32  # the scan's state block: K / scan_bk x V / scan_bv programs per sequence and KV head
+    scan_bk: int = 16  # the scan's state block: K / scan_bk x V / scan_bv programs per sequence and KV head
     scan_bv: int = 32
-    scan_warps: int = 8
+    scan_warps: int = 4
     scan_prefetch: bool = False  # load the next chunk's k, g, v before this chunk's state update
-    scores_warps: int = 4
+    scores_warps: int = 2
     output_bv: int = 64
-    output_warps: int = 8
-    gc_fp64: bool = True  # gate cumsums (always summed in fp64, see the module docstring) stored in fp64 or fp32
+    output_warps: int = 4
+    gc_fp64: bool = False  # gate cumsums (always summed in fp64, see the module docstring) stored in fp64 or fp32
     heads_first: bool = False  # scores and output grids: (heads x blocks, chunks) instead of (chunks, heads, blocks)
 
     def grid(self, chunks: int, heads: int, blocks: int) -> tuple[int, ...]:
