@@ -33,10 +33,9 @@
 #              total time under the torch profiler (benchmarks/gpu_latency.py --profile, engine in-process)
 #   gla-prefill  the GLA prefill GPU tests, then benchmarks/gla_prefill.py: our GQA-aware Triton kernels against fla's
 #              chunk_gla on the 7B layer shape (outputs compared first), then the triton_chunk.Tiles sweep; then the
-#              tiny model through our kernels (NEURONCHIP_GLA_PREFILL=triton, CUDA graphs) against the reference
+#              tiny model through the default prefill path (ours) with CUDA graphs against the reference
 #   ttft-gla   TTFT at 32K and 128K and a profile of one 32K prefill with each GLA prefill path (NEURONCHIP_GLA_PREFILL
-#              fla, then triton if gla-prefill found it faster), in-process engines one after the other
-#              (benchmarks/gpu_latency.py, JSON per path)
+#              fla, then triton), in-process engines one after the other (benchmarks/gpu_latency.py, JSON per path)
 #   ttft-peers TTFT at 32K and 128K of the sliding-window and the dense peer (ttft-gla's baselines, same session)
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
 #   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
@@ -148,14 +147,11 @@ case "$step" in
     grep -E "^\[$model\]" "$out/profile_$model.log" | tail -18 ;;
   gla-prefill)
     OUT="$out" bash benchmarks/gpu_bare.sh gla
-    python3 -c "import json, sys; sys.exit(any(c['fla_over_triton'] < 1 for c in json.load(open(sys.argv[1]))['cases']))" \
-      "$out/gla_prefill.json" && touch /var/tmp/gla_triton_wins
-    timeout 240 python3 -m pytest -q -m gpu tests/gpu -k triton -p no:cacheprovider -W ignore \
+    timeout 240 python3 -m pytest -q -m gpu tests/gpu -k "cuda-graphs and not fla" -p no:cacheprovider -W ignore \
       > "$out/gpu_model_triton_prefill.log" 2>&1
     summary "$out/gpu_model_triton_prefill.log" ;;
-  ttft-gla)  # the triton path only where gla-prefill found it faster than fla in every case on this host
-    paths=(fla); [ -f /var/tmp/gla_triton_wins ] && paths+=(triton)
-    for path in "${paths[@]}"; do
+  ttft-gla)
+    for path in fla triton; do
       NEURONCHIP_GLA_PREFILL="$path" timeout 280 python3 benchmarks/gpu_latency.py --model spikingbrain \
         --lengths 32768 131072 --repeats 2 --decode-tokens 16 --profile 32768 --out "$out/$path" > "$out/ttft_$path.log" 2>&1
       grep -E "^\[spikingbrain\]" "$out/ttft_$path.log" | tail -14

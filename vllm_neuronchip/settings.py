@@ -31,10 +31,10 @@ class NeuronChipSettings(BaseSettings):
         False, description="Let fla autotune its GLA prefill kernels (minutes of Triton compiling on a cold "
         "start) instead of using the configs pinned for this GPU model in ops/gla/fla_configs.json.",
     )
-    gla_prefill: Literal["fla", "triton"] = Field(
-        "fla", description="GLA prefill on CUDA: fla's chunk_gla with k/v/g and states repeated over the query "
-        "heads (fla), or our GQA-aware Triton kernels keeping them per KV head (triton, ops/gla/triton_chunk.py; "
-        "fewer launches than fla, not yet less GPU time on an H100: opt-in, see README).",
+    gla_prefill: Literal["triton", "fla"] = Field(
+        "triton", description="GLA prefill on CUDA: our GQA-aware Triton kernels keeping k/v/g and states per KV "
+        "head (triton, ops/gla/triton_chunk.py; 1.6x fla's time per 7B layer and TTFT 4% lower on an H100, see "
+        "README), or fla's chunk_gla with them repeated over the query heads (fla).",
     )
     fla_configs: str | None = Field(
         None, description="A table of pinned fla configs to use instead of ops/gla/fla_configs.json "

@@ -1,6 +1,6 @@
-"""The model on a CUDA GPU (fla chunk prefill, Triton decode) equals the pure-torch reference at fp32,
-eager and with CUDA graphs (vLLM's default FULL_AND_PIECEWISE); with CUDA graphs also through our own GLA prefill
-kernels (NEURONCHIP_GLA_PREFILL=triton)."""
+"""The model on a CUDA GPU (our Triton GLA prefill and decode kernels) equals the pure-torch reference at fp32,
+eager and with CUDA graphs (vLLM's default FULL_AND_PIECEWISE); with CUDA graphs also through fla's chunk_gla
+prefill (NEURONCHIP_GLA_PREFILL=fla)."""
 
 import pytest
 
@@ -17,8 +17,8 @@ from vllm_neuronchip.settings import get_settings
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("enforce_eager,gla_prefill", [(True, "fla"), (False, "fla"), (False, "triton")],
-                         ids=["eager", "cuda-graphs", "cuda-graphs-triton-prefill"])
+@pytest.mark.parametrize("enforce_eager,gla_prefill", [(True, "triton"), (False, "triton"), (False, "fla")],
+                         ids=["eager", "cuda-graphs", "cuda-graphs-fla-prefill"])
 def test_gpu_matches_reference(tiny_checkpoint, enforce_eager, gla_prefill, monkeypatch):
     directory, tensors, config = tiny_checkpoint
     monkeypatch.setenv("NEURONCHIP_GLA_PREFILL", gla_prefill)  # the engine runs in this process

@@ -1,6 +1,7 @@
 """GLA recurrence of the SpikingBrain-7B even layers (spec §3.2): one function per op, backend chosen by device.
-CUDA tensors go to `fla` (fla chunk, Triton decode), others to `chunk` (plain torch); `naive` is the reference.
-Prefill on CUDA goes to `triton_chunk` (our GQA-aware kernels) instead when NEURONCHIP_GLA_PREFILL=triton."""
+CUDA prefill goes to `triton_chunk` (our GQA-aware kernels; fla's chunk_gla in `fla` with
+NEURONCHIP_GLA_PREFILL=fla), CUDA decode to `fla` (our Triton decode kernel), CPU tensors to `chunk` (plain
+torch); `naive` is the reference."""
 
 import torch
 
@@ -21,7 +22,7 @@ def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_stat
     if not q.is_cuda:
         backend = chunk
     else:
-        backend = triton_chunk if get_settings().gla_prefill == "triton" else fla
+        backend = fla if get_settings().gla_prefill == "fla" else triton_chunk
     return backend.gla_varlen(
         q, k, v, g, state=state, state_indices=state_indices, cu_seqlens=cu_seqlens,
         has_initial_state=has_initial_state, scale=scale,
