@@ -8,6 +8,9 @@ Writes one JSON per model under --out, with the command, device and versions.
 
 `--profile LENGTH` runs the engine in-process and records one prefill of LENGTH tokens with the torch profiler:
 `profile_{model}_{LENGTH}.json` lists the GPU kernels by their total time in that prefill (where TTFT goes).
+`--profile-decode CONTEXT` records --decode-tokens decode steps after a CONTEXT-token prompt the same way
+(`profile_decode_{model}_{CONTEXT}.json`, GPU and wall time per token: where decode goes, and how long the GPU
+waits between steps).
 """
 
 import argparse
@@ -19,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from serving import (  # the same model configs as the serving benchmark
     MODELS,
@@ -64,6 +68,37 @@ def profile_prefill(llm, length: int) -> dict:
     return {"prompt_tokens": length, "wall_s": wall_s} | kernel_table(profiler.key_averages())
 
 
+def decode_events(generated, prefilled) -> list:
+    """Profiler events of a prompt plus decode steps less those of the same prompt with one output token, kernel by
+    kernel: the decode steps' own kernels (ones that did not run more often or longer are dropped)."""
+    before = {e.key: e for e in prefilled}
+    events = []
+    for e in generated:
+        base = before.get(e.key)
+        calls, us = e.count - (base.count if base else 0), e.self_device_time_total - (
+            base.self_device_time_total if base else 0.0)
+        if calls > 0 and us > 0:
+            events.append(SimpleNamespace(key=e.key, count=calls, self_device_time_total=us))
+    return events
+
+
+def profile_decode(llm, context: int, tokens: int) -> dict:
+    """`tokens` batch-1 decode steps after a `context`-token prompt under the torch profiler (engine in-process):
+    the same prompt profiled with 1 and with 1 + `tokens` output tokens, their difference per kernel."""
+    import torch
+
+    runs = []
+    for max_tokens in (1, 1 + tokens):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+            wall_s = timed_generate(llm, context, max_tokens, seed=context + 7)
+        runs.append((wall_s, profiler.key_averages()))
+    (prefill_s, prefilled), (generate_s, generated) = runs
+    table = kernel_table(decode_events(generated, prefilled))
+    return {"context_tokens": context, "decode_tokens": tokens,
+            "wall_ms_per_token": (generate_s - prefill_s) * 1e3 / tokens,
+            "gpu_ms_per_token": table["gpu_ms"] / tokens} | table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=MODELS, required=True)
@@ -71,16 +106,18 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", type=int, metavar="LENGTH", help="also profile one prefill of LENGTH tokens")
+    parser.add_argument("--profile-decode", type=int, metavar="CONTEXT",
+                        help="also profile --decode-tokens decode steps after a CONTEXT-token prompt")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    if args.profile:  # the profiler sees the GPU kernels only of an engine in this process
+    if args.profile or args.profile_decode:  # the profiler sees the GPU kernels only of an engine in this process
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
     import torch
     import vllm
     from vllm import LLM
 
-    max_len = max(args.lengths + [args.profile or 0]) + args.decode_tokens + 16
+    max_len = max(args.lengths + [args.profile or 0, args.profile_decode or 0]) + args.decode_tokens + 16
     model_dir = Path(tempfile.mkdtemp(prefix=f"{args.model}-"))
     (model_dir / "config.json").write_text(json.dumps(model_config(args.model, SHAPES["7b"], max_len)))
     start = time.perf_counter()
@@ -108,11 +145,19 @@ def main() -> None:
         results.append(row)
 
     args.out.mkdir(parents=True, exist_ok=True)
+    profiles = {}
     if args.profile:
-        profile = profile_prefill(llm, args.profile) | {
-            "model": args.model, "device": torch.cuda.get_device_name(0),
-            "command": " ".join([Path(sys.executable).name, *sys.argv])}
-        (args.out / f"profile_{args.model}_{args.profile}.json").write_text(json.dumps(profile, indent=1))
+        profiles[f"profile_{args.model}_{args.profile}.json"] = profile_prefill(llm, args.profile)
+    if args.profile_decode:
+        profiles[f"profile_decode_{args.model}_{args.profile_decode}.json"] = profile_decode(
+            llm, args.profile_decode, args.decode_tokens)
+    for name, profile in profiles.items():
+        profile |= {"model": args.model, "device": torch.cuda.get_device_name(0),
+                    "command": " ".join([Path(sys.executable).name, *sys.argv])}
+        (args.out / name).write_text(json.dumps(profile, indent=1))
+        print(f"[{args.model}] {name}: {profile['gpu_ms']:.2f} ms of GPU time"
+              + (f", {profile['gpu_ms_per_token']:.3f} of {profile['wall_ms_per_token']:.3f} ms a token"
+                 if "gpu_ms_per_token" in profile else ""))
         for row in profile["kernels"][:15]:
             print(f"[{args.model}] {row['ms']:9.2f} ms {row['share']:6.1%} x{row['calls']:<5d} {row['kernel'][:90]}")
     report = {

@@ -37,12 +37,14 @@
 #   ttft-gla   TTFT at 32K and 128K and a profile of one 32K prefill with each GLA prefill path (NEURONCHIP_GLA_PREFILL
 #              fla, then triton), in-process engines one after the other (benchmarks/gpu_latency.py, JSON per path)
 #   ttft-peers TTFT at 32K and 128K of the sliding-window and the dense peer (ttft-gla's baselines, same session)
+#   decode-profile  where a batch-1 decode step goes after a 32K prompt, ours and the sliding-window peer: GPU kernels
+#              and GPU against wall time per token (benchmarks/gpu_latency.py --profile-decode, engines in-process)
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
 #   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
 #   tp2-tiny   (nvidia-h200-x2) vllm serve of a tiny checkpoint at TP=2 through the OpenAI API
 #   tp1, tp2   TTFT at 128K and 512K, decode after each, TP=1 (run with CUDA_VISIBLE_DEVICES=0) or TP=2
 set -uo pipefail
-step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-prefill-sweep|w8aspike-tests|w8aspike-serve|w8aspike-down-serve|bf16-serve|capacity|capacity-both|profile|gla-prefill|ttft-gla|ttft-peers|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
+step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-prefill-sweep|w8aspike-tests|w8aspike-serve|w8aspike-down-serve|bf16-serve|capacity|capacity-both|profile|gla-prefill|ttft-gla|ttft-peers|decode-profile|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHINFER_SAMPLER=0
@@ -161,6 +163,12 @@ case "$step" in
       timeout 280 python3 benchmarks/gpu_latency.py --model "$model" --lengths 32768 131072 --repeats 2 \
         --decode-tokens 16 --out "$out" > "$out/ttft_$model.log" 2>&1
       grep -E "^\[$model\]" "$out/ttft_$model.log" | tail -3
+    done ;;
+  decode-profile)
+    for model in spikingbrain swa-peer; do
+      timeout 280 python3 benchmarks/gpu_latency.py --model "$model" --lengths 1024 --repeats 2 --decode-tokens 64 \
+        --profile-decode 32768 --out "$out" > "$out/decode_profile_$model.log" 2>&1
+      grep -E "^\[$model\]" "$out/decode_profile_$model.log" | tail -18
     done ;;
   tp1) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency ;;
   tp2-test)  # the tiny checkpoint at TP=2 against the reference, eager and CUDA graphs at once; cold workers: minutes

@@ -1,4 +1,4 @@
-"""The prefill profile's kernel table (benchmarks/gpu_latency.py --profile), on fake profiler events."""
+"""The profiles' kernel tables (benchmarks/gpu_latency.py --profile, --profile-decode), on fake profiler events."""
 
 import importlib.util
 import sys
@@ -31,3 +31,12 @@ def test_kernels_by_gpu_time_with_the_rest_summed():
     assert [(r["kernel"], r["calls"], r["ms"]) for r in table["kernels"]] == [
         ("gemm", 56, 0.6), ("chunk_gla", 14, 0.3), ("(2 other kernels)", 60, 0.1)]
     assert abs(sum(r["share"] for r in table["kernels"]) - 1) < 1e-12
+
+
+def test_decode_kernels_are_the_difference_of_the_two_runs():
+    prefilled = [event("gemm", 56, 600.0), event("chunk_gla", 14, 300.0), event("sample", 1, 5.0)]
+    generated = [event("gemm", 56 + 112, 900.0), event("chunk_gla", 14, 300.0), event("sample", 3, 15.0),
+                 event("gla_decode", 28, 14.0)]
+    decode = gpu_latency().decode_events(generated, prefilled)
+    assert [(e.key, e.count, e.self_device_time_total) for e in decode] == [
+        ("gemm", 112, 300.0), ("sample", 2, 10.0), ("gla_decode", 28, 14.0)]  # the prefill-only kernel dropped

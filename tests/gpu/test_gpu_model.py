@@ -1,9 +1,10 @@
 """The model on a CUDA GPU (our Triton GLA prefill and decode kernels) equals the pure-torch reference at fp32,
 eager and with CUDA graphs (vLLM's default FULL_AND_PIECEWISE); with CUDA graphs also through fla's chunk_gla
-prefill (NEURONCHIP_GLA_PREFILL=fla)."""
+prefill (NEURONCHIP_GLA_PREFILL=fla); and in bf16 with CUDA graphs within bf16 noise of the reference."""
 
 import pytest
 
+from tests.model.test_bf16_matches_reference import check_bf16_engine
 from tests.model.test_matches_reference import (
     MIXED_LENGTHS,
     assert_matches_reference,
@@ -35,3 +36,7 @@ def test_gpu_matches_reference(tiny_checkpoint, enforce_eager, gla_prefill, monk
         assert_matches_reference(output, prompt, tensors, config)
     for n, output in zip((1, 40, 1), alone):
         assert_matches_reference(output, random_prompt(n, seed=1000 + n), tensors, config)
+
+
+def test_gpu_bf16_within_bf16_noise(tiny_checkpoint):
+    check_bf16_engine(*tiny_checkpoint, enforce_eager=False, kv_cache_memory_bytes=256 << 20)
