@@ -37,8 +37,9 @@
 #   ttft-gla   TTFT at 32K and 128K and a profile of one 32K prefill with each GLA prefill path (NEURONCHIP_GLA_PREFILL
 #              fla, then triton), in-process engines one after the other (benchmarks/gpu_latency.py, JSON per path)
 #   ttft-peers TTFT at 32K and 128K of the sliding-window and the dense peer (ttft-gla's baselines, same session)
-#   decode-profile  where a batch-1 decode step goes after a 32K prompt, ours and the sliding-window peer: GPU kernels
-#              and GPU against wall time per token (benchmarks/gpu_latency.py --profile-decode, engines in-process)
+#   decode-profile  where a batch-1 decode step goes after a 32K prompt: ours, ours with the previous code
+#              (benchmarks/scratch/before, if carried) and the sliding-window peer; GPU kernels and GPU against wall
+#              time per token (benchmarks/gpu_latency.py --profile-decode, engines in-process)
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
 #   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
 #   tp2-tiny   (nvidia-h200-x2) vllm serve of a tiny checkpoint at TP=2 through the OpenAI API
@@ -63,11 +64,10 @@ serving() {  # model, timeout, serving.py arguments
   summary "$out/run_$model.log"
 }
 long=(--lengths 4096 32768 131072 524288 1048576 --decode-only 1024)
-previous_code() {  # limit, log, w8aspike_gemm.py arguments: the previous commit's code, if carried as a worktree
+previous_code() {  # limit, log, benchmark script and arguments: the previous commit's code, if carried as a worktree
   local limit="$1" log="$2"; shift 2
   [ -d benchmarks/scratch/before ] || return 0
-  (cd benchmarks/scratch/before && PYTHONPATH="$PWD:$PYTHONPATH" timeout "$limit" python3 benchmarks/w8aspike_gemm.py \
-    "$@") > "$log" 2>&1
+  (cd benchmarks/scratch/before && PYTHONPATH="$PWD:$PYTHONPATH" timeout "$limit" python3 "$@") > "$log" 2>&1
 }
 sweep_into_table() {  # limit, log, w8aspike_gemm.py --sweep arguments: winners merged into the table later steps use
   local limit="$1" log="$2"; shift 2
@@ -108,7 +108,7 @@ case "$step" in
   dense) serving dense-peer 580 --lengths 4096 32768 131072 --decode-only 1024 ;;
   swa) serving swa-peer 580 "${long[@]}" ;;
   w8aspike)  # M = 1 before / default / swept; then every 7B shape against bf16 at decode and prefill sizes
-    previous_code 120 "$out/w8aspike_before.log" --m 1 64 4096 --out "$out/before"
+    previous_code 120 "$out/w8aspike_before.log" benchmarks/w8aspike_gemm.py --m 1 64 4096 --out "$out/before"
     NEURONCHIP_W8ASPIKE_PLANS=/no-table timeout 60 python3 benchmarks/w8aspike_gemm.py --m 1 --out "$out/default" \
       > "$out/w8aspike_default.log" 2>&1
     sweep_into_table 330 "$out/w8aspike_sweep.log" --m 1 --kinds gemv
@@ -117,7 +117,7 @@ case "$step" in
     grep -h "M=    1" "$out/w8aspike_before.log" "$out/w8aspike_default.log"; grep "M=    1" "$out/w8aspike_sweep.log"
     tail -22 "$out/w8aspike_gemm.log" ;;
   w8aspike-prefill-sweep)
-    previous_code 130 "$out/w8aspike_prefill_before.log" --m 64 4096 --out "$out/before"
+    previous_code 130 "$out/w8aspike_prefill_before.log" benchmarks/w8aspike_gemm.py --m 64 4096 --out "$out/before"
     timeout 100 python3 benchmarks/w8aspike_gemm.py --m 64 4096 --out "$out/after" > "$out/w8aspike_prefill_after.log" 2>&1
     grep -h "M= 4096" "$out/w8aspike_prefill_before.log" "$out/w8aspike_prefill_after.log"
     sweep_into_table 320 "$out/w8aspike_prefill_sweep.log" --m 4096 --kinds dot --shapes qkv_proj gate_up_proj
@@ -165,11 +165,15 @@ case "$step" in
       grep -E "^\[$model\]" "$out/ttft_$model.log" | tail -3
     done ;;
   decode-profile)
+    decode_profile=(--lengths 1024 --repeats 2 --decode-tokens 64 --profile-decode 32768)
     for model in spikingbrain swa-peer; do
-      timeout 280 python3 benchmarks/gpu_latency.py --model "$model" --lengths 1024 --repeats 2 --decode-tokens 64 \
-        --profile-decode 32768 --out "$out" > "$out/decode_profile_$model.log" 2>&1
+      timeout 190 python3 benchmarks/gpu_latency.py --model "$model" "${decode_profile[@]}" --out "$out" \
+        > "$out/decode_profile_$model.log" 2>&1
       grep -E "^\[$model\]" "$out/decode_profile_$model.log" | tail -18
-    done ;;
+    done
+    previous_code 190 "$out/decode_profile_before.log" benchmarks/gpu_latency.py --model spikingbrain \
+      "${decode_profile[@]}" --out "$out/before"
+    grep -E "^\[spikingbrain\]" "$out/decode_profile_before.log" | tail -18 ;;
   tp1) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency ;;
   tp2-test)  # the tiny checkpoint at TP=2 against the reference, eager and CUDA graphs at once; cold workers: minutes
     variants=(eager cuda-graphs)

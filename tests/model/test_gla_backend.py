@@ -1,18 +1,24 @@
-"""GLA decode slots live in one persistent buffer (what a FULL CUDA graph replays), padded rows skipped."""
+"""GLA decode slots and has-state flags live in persistent buffers (what a FULL CUDA graph replays), padded rows
+skipped."""
 
 import torch
 from vllm.v1.attention.backends.utils import PAD_SLOT_ID
 
-from vllm_neuronchip.model_executor.gla_backend import GLABackend, GLAMetadataBuilder, persistent_decode_slots
+from vllm_neuronchip.model_executor.gla_backend import GLABackend, GLAMetadataBuilder, persistent_decode_rows
 
 
-def test_decode_slots_are_copied_into_the_same_buffer_with_padding_marked():
-    buffer = torch.full((8,), PAD_SLOT_ID, dtype=torch.int32)
-    first = persistent_decode_slots(buffer, torch.tensor([5, 9, 0, 0], dtype=torch.int32), torch.tensor([3, 7, 0, 0]))
-    assert first.data_ptr() == buffer.data_ptr() and first.tolist() == [5, 9, PAD_SLOT_ID, PAD_SLOT_ID]
+def test_decode_rows_are_copied_into_the_same_buffers_with_padding_marked():
+    slot_buffer = torch.full((8,), PAD_SLOT_ID, dtype=torch.int32)
+    state_buffer = torch.zeros(8, dtype=torch.bool)
+    slots, has_state = persistent_decode_rows(
+        slot_buffer, state_buffer, torch.tensor([5, 9, 0, 0], dtype=torch.int32), torch.tensor([3, 1, 0, 0]))
+    assert slots.data_ptr() == slot_buffer.data_ptr() and slots.tolist() == [5, 9, PAD_SLOT_ID, PAD_SLOT_ID]
+    assert has_state.data_ptr() == state_buffer.data_ptr()
+    assert has_state.tolist() == [True, False, False, False]  # a 1-token prompt scheduled as a decode starts afresh
     gathered = torch.tensor([2, 4], dtype=torch.int32)  # a fresh tensor each step, as vLLM's 'align' gather
-    second = persistent_decode_slots(buffer, gathered, torch.tensor([1, 12]))
-    assert second.data_ptr() == buffer.data_ptr() and second.tolist() == [2, 4]
+    slots, has_state = persistent_decode_rows(slot_buffer, state_buffer, gathered, torch.tensor([2, 12]))
+    assert slots.data_ptr() == slot_buffer.data_ptr() and slots.tolist() == [2, 4]
+    assert has_state.data_ptr() == state_buffer.data_ptr() and has_state.tolist() == [True, True]
 
 
 def test_gla_layers_use_the_persistent_slot_builder():
@@ -51,6 +57,7 @@ def test_every_gla_layer_of_a_step_hands_fla_the_same_bounds_tensors(monkeypatch
 
     metadata = two_decodes_two_prefills()
     metadata.prefill_cu_seqlens, metadata.prefill_has_context = prefill_bounds(metadata)
+    metadata.decode_has_state = metadata.seq_lens[:2] > 1
     seen = []
 
     def fake_varlen(q, k, v, g, *, cu_seqlens, has_initial_state, **_):
@@ -58,7 +65,7 @@ def test_every_gla_layer_of_a_step_hands_fla_the_same_bounds_tensors(monkeypatch
         return torch.zeros(q.shape)
 
     monkeypatch.setattr(gla_layer, "gla_varlen", fake_varlen)
-    monkeypatch.setattr(gla_layer, "gla_decode", lambda q, *a, **kw: torch.zeros(q.shape))
+    monkeypatch.setattr(gla_layer, "gla_decode", lambda q, *a, out, **kw: out.zero_())
     layer = SimpleNamespace(kv_cache=[torch.zeros(8, 1, 4, 4)], scale=0.5)
     q, k, v, g = (torch.randn(10, 1, 4) for _ in range(4))
     for _ in range(3):  # three layers, one step

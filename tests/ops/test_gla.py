@@ -242,14 +242,18 @@ def test_decode_after_prefill(backend, prompt_lengths):
 
 
 def check_decode_fresh_slot(decode, dtype):
-    """Rows: a fresh slot holding NaN, a padding row, a warm slot; slots 0 and 2 are not in the batch."""
+    """Rows: a fresh slot holding NaN, a padding row, a warm slot; slots 0 and 2 are not in the batch. As the GLA
+    layer calls it: inputs are column slices of one packed tensor, the output goes into rows of a larger one."""
     q, k, v, g = make_inputs(3, 4, 2, 32, 32, dtype)
     state = torch.randn(4, 2, 32, 32)
     state[1] = float("nan")
     slots, warm = torch.tensor([1, -1, 3], dtype=torch.int32), torch.tensor([False, True, True])
     expected = state.clone()
     o_ref = naive.gla_decode(q, k, v, g, state=expected, state_indices=slots, has_initial_state=warm, scale=SCALE)
-    o = decode(q, k, v, g, state=state, state_indices=slots, has_initial_state=warm, scale=SCALE)
+    output = torch.full((5, 4, 32), float("nan"))
+    o = decode(*packed_views(q, k, v, g), state=state, state_indices=slots, has_initial_state=warm, scale=SCALE,
+               out=output[1:4])
+    assert o.data_ptr() == output[1].data_ptr() and torch.isnan(output[[0, 4]]).all()
     assert_matches(o, o_ref)
     assert torch.equal(o[1], torch.zeros_like(o[1]))
     assert_matches(state[[1, 3]], expected[[1, 3]])

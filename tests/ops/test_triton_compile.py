@@ -107,11 +107,13 @@ def first_loop_spills(cubin: bytes) -> int:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gla_decode_kernel_compiles(monkeypatch, dtype):
     N, H, Hkv, K = 4, 28, 4, 128
-    q, k, v, g = (torch.zeros(N, h, K, dtype=dtype) for h in (H, Hkv, Hkv, Hkv))
+    packed = torch.zeros(N, (H + 3 * Hkv) * K, dtype=dtype)  # the layer's q|k|v|g, read through strides
+    q, k, v, g = (x.view(N, -1, K) for x in packed.split([H * K, Hkv * K, Hkv * K, Hkv * K], dim=1))
     state = torch.zeros(6, Hkv, K, K)
     slots, warm = torch.zeros(N, dtype=torch.int32), torch.ones(N, dtype=torch.bool)
     for launch in recorded_launches(monkeypatch, lambda: fla.gla_decode(
-            q, k, v, g, state=state, state_indices=slots, has_initial_state=warm, scale=0.1)):
+            q, k, v, g, state=state, state_indices=slots, has_initial_state=warm, scale=0.1,
+            out=torch.zeros(N + 2, H, K)[:N])):
         compile_for_h100(*launch)
 
 

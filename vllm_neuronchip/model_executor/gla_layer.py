@@ -145,12 +145,10 @@ class GatedLinearAttention(nn.Module, MambaBase):
         slots = metadata.state_indices_tensor
         num_decodes, num_decode_tokens = metadata.num_decodes, metadata.num_decode_tokens
         if num_decodes:
-            # A brand-new 1-token prompt is scheduled as a decode: its slot holds a stale state.
-            continuing = metadata.seq_lens[:num_decodes] > 1
             decodes = slice(None, num_decode_tokens)
-            output[decodes] = gla_decode(
-                q[decodes], k[decodes], v[decodes], g[decodes],
-                state=state, state_indices=slots[:num_decodes], has_initial_state=continuing, scale=self.scale,
+            gla_decode(
+                q[decodes], k[decodes], v[decodes], g[decodes], state=state, state_indices=slots[:num_decodes],
+                has_initial_state=metadata.decode_has_state[:num_decodes], scale=self.scale, out=output[decodes],
             )
         if metadata.num_prefills:
             requests = slice(num_decodes, num_decodes + metadata.num_prefills)

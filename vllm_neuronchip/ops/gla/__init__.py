@@ -29,14 +29,16 @@ def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_stat
     )
 
 
-def gla_decode(q, k, v, g, *, state, state_indices, has_initial_state, scale) -> torch.Tensor:
+def gla_decode(q, k, v, g, *, state, state_indices, has_initial_state, scale, out=None) -> torch.Tensor:
     """One token per sequence: q [N,H,K], k/g [N,Hkv,K], v [N,Hkv,V]; state semantics as in `gla_varlen`.
 
     Rows with state_indices < 0 are padding: output 0, no state touched. No host sync (CUDA-graph safe on GPU).
+    Returns o [N,H,V] fp32, written into `out` if given.
     """
     backend = fla if q.is_cuda else chunk
     return backend.gla_decode(
-        q, k, v, g, state=state, state_indices=state_indices, has_initial_state=has_initial_state, scale=scale
+        q, k, v, g, state=state, state_indices=state_indices, has_initial_state=has_initial_state, scale=scale,
+        out=out,
     )
 
 

@@ -64,7 +64,7 @@ def _segment(q, k, v, g, o, S, scale):
 gla_varlen = functools.partial(naive.gla_varlen, recurrence=chunk_gla)
 
 
-def gla_decode(q, k, v, g, *, state, state_indices, has_initial_state, scale):
+def gla_decode(q, k, v, g, *, state, state_indices, has_initial_state, scale, out=None):
     """One token per sequence, vectorised over the batch; rows with a negative slot are padding."""
     N, H, K = q.shape
     Hkv = k.shape[1]
@@ -75,4 +75,4 @@ def gla_decode(q, k, v, g, *, state, state_indices, has_initial_state, scale):
     state[slots] = S
     o = q.new_zeros(N, Hkv, H // Hkv, v.shape[2], dtype=torch.float32)
     o[live] = (q[live].float().view(-1, Hkv, H // Hkv, K) * scale) @ S
-    return o.view(N, H, -1)
+    return naive.written(o.view(N, H, -1), out)

@@ -29,17 +29,21 @@ def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_stat
     return o[0]
 
 
-def gla_decode(q, k, v, g, *, state, state_indices, has_initial_state, scale):
-    """One token per sequence, state updated in place by slot; no host sync, so CUDA-graph safe."""
+def gla_decode(q, k, v, g, *, state, state_indices, has_initial_state, scale, out=None):
+    """One token per sequence, state updated in place by slot; no host sync, so CUDA-graph safe. q, k, v, g are
+    read through their strides (column slices of the packed q|k|v|g) and o is written into `out` if given: no
+    copies around the kernel (in a decode step each would be one more launch per GLA layer)."""
     import triton
 
     N, H, K = q.shape
     Hkv, V = v.shape[1], v.shape[2]
-    o = q.new_empty(N, H, V, dtype=torch.float32)
+    o = q.new_empty(N, H, V, dtype=torch.float32) if out is None else out
+    assert all(x.stride(-1) == 1 for x in (q, k, v, g, o)), "the head dimension must be contiguous"
     BV = min(32, triton.next_power_of_2(V))
     _decode_kernel()[(N, Hkv, triton.cdiv(V, BV))](
-        q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), state, *state.stride(),
-        state_indices, has_initial_state, o, scale,
+        q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), v, v.stride(0), v.stride(1),
+        g, g.stride(0), g.stride(1), state, *state.stride(), state_indices, has_initial_state,
+        o, o.stride(0), o.stride(1), scale,
         HKV=Hkv, G=H // Hkv, K=K, V=V, BK=triton.next_power_of_2(K), BV=BV,
     )
     return o
@@ -71,7 +75,8 @@ def _decode_kernel():
 
     @triton.jit
     def gla_decode_kernel(
-        q, k, v, g, state, s_slot, s_head, s_key, s_value, state_indices, has_initial_state, o, scale,
+        q, s_qt, s_qh, k, s_kt, s_kh, v, s_vt, s_vh, g, s_gt, s_gh, state, s_slot, s_head, s_key, s_value,
+        state_indices, has_initial_state, o, s_ot, s_oh, scale,
         HKV: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     ):
         # One program per (sequence, KV head, block of V): one state load serves the G query heads of the group.
@@ -79,24 +84,24 @@ def _decode_kernel():
         o_k = tl.arange(0, BK)
         o_v = i_v * BV + tl.arange(0, BV)
         m_k, m_v = o_k < K, o_v < V
-        p_o = o + (i_n * HKV + i_h) * G * V + o_v
+        p_o = o + i_n.to(tl.int64) * s_ot + i_h * G * s_oh + o_v
         slot = tl.load(state_indices + i_n).to(tl.int64)
         if slot < 0:  # padding row of a CUDA graph batch
             for i_g in tl.static_range(G):
-                tl.store(p_o + i_g * V, tl.zeros([BV], dtype=tl.float32), mask=m_v)
+                tl.store(p_o + i_g * s_oh, tl.zeros([BV], dtype=tl.float32), mask=m_v)
         else:
             p_s = state + slot * s_slot + i_h * s_head + o_k[:, None] * s_key + o_v[None, :] * s_value
             m_s = m_k[:, None] & m_v[None, :]
             b_s = tl.load(p_s, mask=m_s, other=0.0)
             b_s = tl.where(tl.load(has_initial_state + i_n) != 0, b_s, 0.0)  # a fresh slot may hold NaN
-            p_kg = (i_n * HKV + i_h) * K + o_k
-            b_k = tl.load(k + p_kg, mask=m_k, other=0.0).to(tl.float32)
-            b_g = tl.load(g + p_kg, mask=m_k, other=0.0).to(tl.float32)
-            b_v = tl.load(v + (i_n * HKV + i_h) * V + o_v, mask=m_v, other=0.0).to(tl.float32)
+            row = i_n.to(tl.int64)
+            b_k = tl.load(k + row * s_kt + i_h * s_kh + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b_g = tl.load(g + row * s_gt + i_h * s_gh + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b_v = tl.load(v + row * s_vt + i_h * s_vh + o_v, mask=m_v, other=0.0).to(tl.float32)
             b_s = b_s * tl.exp(b_g)[:, None] + b_k[:, None] * b_v[None, :]
             tl.store(p_s, b_s, mask=m_s)
             for i_g in tl.static_range(G):
-                b_q = tl.load(q + ((i_n * HKV + i_h) * G + i_g) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
-                tl.store(p_o + i_g * V, tl.sum((b_q * scale)[:, None] * b_s, axis=0), mask=m_v)
+                b_q = tl.load(q + row * s_qt + (i_h * G + i_g) * s_qh + o_k, mask=m_k, other=0.0).to(tl.float32)
+                tl.store(p_o + i_g * s_oh, tl.sum((b_q * scale)[:, None] * b_s, axis=0), mask=m_v)
 
     return gla_decode_kernel

@@ -34,7 +34,7 @@ def gla_varlen(q, k, v, g, *, state, state_indices, cu_seqlens, has_initial_stat
     return o
 
 
-def gla_decode(q, k, v, g, *, state, state_indices, has_initial_state, scale):
+def gla_decode(q, k, v, g, *, state, state_indices, has_initial_state, scale, out=None):
     """One token per sequence; rows with a negative slot are padding (output 0, no state touched)."""
     o = q.new_zeros(q.shape[0], q.shape[1], v.shape[2], dtype=torch.float32)
     for i, (slot, warm) in enumerate(zip(state_indices.tolist(), has_initial_state.tolist())):
@@ -44,4 +44,12 @@ def gla_decode(q, k, v, g, *, state, state_indices, has_initial_state, scale):
         o[i : i + 1], state[slot] = naive_recurrent_gla(
             q[i : i + 1], k[i : i + 1], v[i : i + 1], g[i : i + 1], initial_state, scale
         )
-    return o
+    return written(o, out)
+
+
+def written(o: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """o, or o copied into `out` where the caller gave one (the GPU decode kernel writes there directly)."""
+    if out is None:
+        return o
+    out.copy_(o)
+    return out
