@@ -148,7 +148,7 @@ case "$step" in
       --profile "${3:-32768}" --out "$out" > "$out/profile_$model.log" 2>&1
     grep -E "^\[$model\]" "$out/profile_$model.log" | tail -18 ;;
   gla-prefill)
-    OUT="$out" bash benchmarks/gpu_bare.sh gla
+    OUT="$out" bash benchmarks/gpu_bare.sh ops
     timeout 240 python3 -m pytest -q -m gpu tests/gpu -k "cuda-graphs and not fla" -p no:cacheprovider -W ignore \
       > "$out/gpu_model_triton_prefill.log" 2>&1
     summary "$out/gpu_model_triton_prefill.log" ;;

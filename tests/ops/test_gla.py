@@ -385,12 +385,16 @@ def test_triton_prefill_setting_matches_fla_at_the_7b_shape(monkeypatch):
 def test_fla_decode_on_cuda(dtype):
     torch.manual_seed(7)
 
-    def on_cuda(q, k, v, g, *, state, state_indices, has_initial_state, scale):
+    def on_cuda(q, k, v, g, *, state, state_indices, has_initial_state, scale, out=None):
+        """The same call on the GPU: inputs packed there as given (strided views stay strided), out copied back."""
+        inputs = packed_views(*(x.cuda() for x in (q, k, v, g))) if q.stride(0) != q[0].numel() else (
+            x.cuda() for x in (q, k, v, g))
         cuda_state = state.cuda()
-        o = gla.gla_decode(q.cuda(), k.cuda(), v.cuda(), g.cuda(), state=cuda_state,
-                           state_indices=state_indices.cuda(), has_initial_state=has_initial_state.cuda(), scale=scale)
+        o = gla.gla_decode(*inputs, state=cuda_state, state_indices=state_indices.cuda(),
+                           has_initial_state=has_initial_state.cuda(), scale=scale,
+                           out=None if out is None else out.cuda())
         state.copy_(cuda_state.cpu())
-        return o.cpu()
+        return o.cpu() if out is None else out.copy_(o.cpu())
 
     check_decode_fresh_slot(on_cuda, dtype)
     decode_after_prefill(on_cuda, [1, 70, 16], steps=4, H=28, Hkv=4, K=128, V=128)

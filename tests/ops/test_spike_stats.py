@@ -101,3 +101,39 @@ def test_agrees_with_the_encoder(values, fan_out):
     assert stats["synaptic_ops"] == events * fan_out
     assert stats["silent_fraction"] == values.count(0) / len(values)
     assert stats["fraction_le_7"] == sum(abs(n) <= 7 for n in values) / len(values)
+
+
+# Triton reads TRITON_INTERPRET when it is first imported, hence a fresh process.
+TRITON_STATS_CHECK = """
+import torch
+from vllm_neuronchip.ops.spike import stats, triton_stats
+torch.manual_seed(0)
+cases = [
+    torch.tensor([[0, 1, -3, 7], [8, -17, 100, 0]], dtype=torch.int32),  # the hand-computed example
+    torch.zeros(5, 3, dtype=torch.int32),
+    torch.zeros(0, 8, dtype=torch.int32),
+    torch.randint(-20, 21, (3, 4096), dtype=torch.int32),  # several programs, values around the histogram's end
+    torch.randint(-(2**30), 2**30, (4097,), dtype=torch.int32),  # wide values, a partial last block
+    (torch.randn(2, 5000) * 4).round().int(),
+]
+for s in cases:
+    expected = stats.spike_stats(s.long(), fan_out=7).to_dict()  # int64: the reference's torch path
+    got = triton_stats.spike_stats(s, fan_out=7).to_dict()
+    assert str(got) == str(expected), (s.shape, got, expected)  # str: NaN ratios of empty inputs compare equal
+print("triton stats ok")
+"""
+
+
+def test_triton_stats_match_the_reference_in_interpreter():
+    """The one-pass Triton statistics (used for int32 counts on a GPU) equal the torch reference."""
+    from tests.ops.test_gla import run_in_interpreter
+
+    run_in_interpreter(TRITON_STATS_CHECK, "triton stats ok")
+
+
+@pytest.mark.gpu
+def test_triton_stats_on_cuda_match_the_reference():
+    torch.manual_seed(1)
+    s = (torch.randn(1000, 3584) * 6).round().int()
+    expected = spike_stats(s, fan_out=3).to_dict()
+    assert spike_stats(s.cuda(), fan_out=3).to_dict() == expected

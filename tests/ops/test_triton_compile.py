@@ -25,6 +25,7 @@ from triton.runtime.jit import KernelInterface
 
 from tests.ops.test_w8aspike_ops import make_weight
 from vllm_neuronchip.ops.gla import fla, triton_chunk
+from vllm_neuronchip.ops.spike import triton_stats
 from vllm_neuronchip.ops.w8aspike import triton_kernels
 
 H100 = GPUTarget("cuda", 90, 32)
@@ -131,6 +132,12 @@ def test_gla_prefill_kernels_compile(monkeypatch, dtype):
     assert len(launches) == 3
     for kernel, args, kwargs in launches:  # computing A inside the output kernel once spilled ~390 registers
         assert spills(sass(compile_for_h100(kernel, args, kwargs).asm["cubin"])) == 0, kernel.fn.__name__
+
+
+def test_spike_stats_kernel_compiles(monkeypatch):
+    s = torch.zeros(3, 5000, dtype=torch.int32)
+    for launch in recorded_launches(monkeypatch, lambda: triton_stats.spike_stats(s, fan_out=4)):
+        compile_for_h100(*launch)
 
 
 @pytest.mark.parametrize("M", [1, 16, 64])

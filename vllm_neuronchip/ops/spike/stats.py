@@ -85,8 +85,13 @@ class SpikeStats:
 def spike_stats(s: Tensor, fan_out: int) -> SpikeStats:
     """Statistics of integer activations s (float or int dtype, whole numbers) feeding a GEMM with fan_out outputs.
 
-    T is taken over the whole tensor, as the W8ASpike encoder does per call.
+    T is taken over the whole tensor, as the W8ASpike encoder does per call. The encoder's int32 counts on a GPU
+    go to `triton_stats` (one pass); this is its reference.
     """
+    if s.is_cuda and s.dtype == torch.int32:
+        from vllm_neuronchip.ops.spike import triton_stats
+
+        return triton_stats.spike_stats(s, fan_out)
     if s.numel() == 0:
         return SpikeStats.zeros(s.device)
     v = s.abs().to(torch.int64).flatten()
