@@ -92,8 +92,8 @@ case "$step" in
     INSTALLED=1 CUDA_VISIBLE_DEVICES=1 PORT=8022 bash "$0" ${3:?pair STEP0 STEP1}
     wait "$first" ;;
   tests)  # model and ops at once; every sweep candidate is checked by the w8aspike step's --sweep instead
-    timeout 400 python3 -m pytest -q -m gpu tests/gpu tests/model -p no:cacheprovider -W ignore \
-      > "$out/gpu_model_tests.log" 2>&1 &
+    timeout 560 python3 -m pytest -q -m gpu tests/gpu tests/model -p no:cacheprovider -W ignore \
+      > "$out/gpu_model_tests.log" 2>&1 &  # tiny engines one after the other, ~100 s each with CUDA graphs
     timeout 400 python3 -m pytest -q -m gpu tests/ops -k "not every_candidate" -p no:cacheprovider -W ignore \
       > "$out/gpu_ops_tests.log" 2>&1
     wait; summary "$out/gpu_model_tests.log"; summary "$out/gpu_ops_tests.log" ;;
