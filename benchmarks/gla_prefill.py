@@ -15,13 +15,12 @@ import dataclasses
 import functools
 import importlib.metadata
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from gpu_latency import kernel_table
+from gpu_latency import cuda_median_us, kernel_table
 
 TOLERANCE = 2e-3  # fp32 dots run in tf32 in both paths
 CASES = {  # name: (sequence lengths, whether they continue from a state)
@@ -68,17 +67,7 @@ def check(paths, inputs, kwargs) -> dict:
 
 def median_us(varlen, inputs, kwargs, warmup, repeats) -> float:
     state = kwargs["state"].clone()  # each call continues the last one's states: the work is the same
-    for _ in range(warmup):
-        varlen(*inputs, **(kwargs | {"state": state}))
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        varlen(*inputs, **(kwargs | {"state": state}))
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times)
+    return cuda_median_us(lambda: varlen(*inputs, **(kwargs | {"state": state})), warmup, repeats)
 
 
 def kernels(varlen, inputs, kwargs) -> dict:

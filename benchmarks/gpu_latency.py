@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +44,24 @@ def timed_generate(llm, prompt_len: int, max_tokens: int, seed: int) -> float:
     start = time.perf_counter()
     llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)
     return time.perf_counter() - start
+
+
+def cuda_median_us(fn, warmup: int, repeats: int) -> float:
+    """fn()'s median time in us over `repeats` calls after `warmup` ones, by CUDA events around each call (also the
+    ops benchmarks' timer)."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times)
 
 
 def kernel_table(events, top: int = PROFILE_TOP) -> dict:

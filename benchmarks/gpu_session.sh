@@ -63,6 +63,11 @@ serving() {  # model, timeout, serving.py arguments
     > "$out/run_$model.log" 2>&1
   summary "$out/run_$model.log"
 }
+latency() {  # model, timeout, log name, lines shown, gpu_latency.py arguments (in-process engine)
+  local model="$1" limit="$2" log="$out/$3.log" lines="$4"; shift 4
+  timeout "$limit" python3 benchmarks/gpu_latency.py --model "$model" "$@" > "$log" 2>&1
+  grep -E "^\[$model\]" "$log" | tail -"$lines"
+}
 long=(--lengths 4096 32768 131072 524288 1048576 --decode-only 1024)
 previous_code() {  # limit, log, benchmark script and arguments: the previous commit's code, if carried as a worktree
   local limit="$1" log="$2"; shift 2
@@ -144,9 +149,8 @@ case "$step" in
     wait "$first" ;;
   profile)
     model="${2:-spikingbrain}"
-    timeout 560 python3 benchmarks/gpu_latency.py --model "$model" --lengths 1024 --repeats 1 --decode-tokens 16 \
-      --profile "${3:-32768}" --out "$out" > "$out/profile_$model.log" 2>&1
-    grep -E "^\[$model\]" "$out/profile_$model.log" | tail -18 ;;
+    latency "$model" 560 "profile_$model" 18 --lengths 1024 --repeats 1 --decode-tokens 16 --profile "${3:-32768}" \
+      --out "$out" ;;
   gla-prefill)
     OUT="$out" bash benchmarks/gpu_bare.sh ops
     timeout 240 python3 -m pytest -q -m gpu tests/gpu -k "cuda-graphs and not fla" -p no:cacheprovider -W ignore \
@@ -154,22 +158,17 @@ case "$step" in
     summary "$out/gpu_model_triton_prefill.log" ;;
   ttft-gla)
     for path in fla triton; do
-      NEURONCHIP_GLA_PREFILL="$path" timeout 280 python3 benchmarks/gpu_latency.py --model spikingbrain \
-        --lengths 32768 131072 --repeats 2 --decode-tokens 16 --profile 32768 --out "$out/$path" > "$out/ttft_$path.log" 2>&1
-      grep -E "^\[spikingbrain\]" "$out/ttft_$path.log" | tail -14
+      NEURONCHIP_GLA_PREFILL="$path" latency spikingbrain 280 "ttft_$path" 14 --lengths 32768 131072 --repeats 2 \
+        --decode-tokens 16 --profile 32768 --out "$out/$path"
     done ;;
   ttft-peers)
     for model in swa-peer dense-peer; do
-      timeout 280 python3 benchmarks/gpu_latency.py --model "$model" --lengths 32768 131072 --repeats 2 \
-        --decode-tokens 16 --out "$out" > "$out/ttft_$model.log" 2>&1
-      grep -E "^\[$model\]" "$out/ttft_$model.log" | tail -3
+      latency "$model" 280 "ttft_$model" 3 --lengths 32768 131072 --repeats 2 --decode-tokens 16 --out "$out"
     done ;;
   decode-profile)
     decode_profile=(--lengths 1024 --repeats 2 --decode-tokens 64 --profile-decode 32768)
     for model in spikingbrain swa-peer; do
-      timeout 190 python3 benchmarks/gpu_latency.py --model "$model" "${decode_profile[@]}" --out "$out" \
-        > "$out/decode_profile_$model.log" 2>&1
-      grep -E "^\[$model\]" "$out/decode_profile_$model.log" | tail -18
+      latency "$model" 190 "decode_profile_$model" 18 "${decode_profile[@]}" --out "$out"
     done
     previous_code 190 "$out/decode_profile_before.log" benchmarks/gpu_latency.py --model spikingbrain \
       "${decode_profile[@]}" --out "$out/before"

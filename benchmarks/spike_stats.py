@@ -8,26 +8,13 @@ Prints a table and writes spike_stats.json to --out:
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
+from gpu_latency import cuda_median_us
 
 from vllm_neuronchip.ops.spike import stats, triton_stats
-
-
-def median_us(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -46,8 +33,8 @@ def main() -> None:
         wide = counts.long()
         expected = stats.spike_stats(wide, fan_out=4608).to_dict()
         agrees = triton_stats.spike_stats(counts, fan_out=4608).to_dict() == expected
-        reference_us = median_us(lambda: stats.spike_stats(wide, fan_out=4608), args.repeats)
-        triton_us = median_us(lambda: triton_stats.spike_stats(counts, fan_out=4608), args.repeats)
+        reference_us = cuda_median_us(lambda: stats.spike_stats(wide, fan_out=4608), 1, args.repeats)
+        triton_us = cuda_median_us(lambda: triton_stats.spike_stats(counts, fan_out=4608), 1, args.repeats)
         rows.append({"rows": m, "k": args.k, "agrees": agrees, "reference_us": reference_us, "triton_us": triton_us,
                      "reference_over_triton": reference_us / triton_us})
         print(f"M={m:>6} K={args.k}  reference {reference_us:9.1f} us  triton {triton_us:8.1f} us  "
