@@ -33,8 +33,8 @@ class NeuronChipSettings(BaseSettings):
     )
     gla_prefill: Literal["triton", "fla"] = Field(
         "triton", description="GLA prefill on CUDA: our GQA-aware Triton kernels keeping k/v/g and states per KV "
-        "head (triton, ops/gla/triton_chunk.py; 1.6x fla's time per 7B layer and TTFT 4% lower on an H100, see "
-        "README), or fla's chunk_gla with them repeated over the query heads (fla).",
+        "head (triton, ops/gla/triton_chunk.py; on an H100 1.5-1.7x less GPU time than fla per 7B layer and a 4% "
+        "lower TTFT, see README), or fla's chunk_gla with them repeated over the query heads (fla).",
     )
     fla_configs: str | None = Field(
         None, description="A table of pinned fla configs to use instead of ops/gla/fla_configs.json "

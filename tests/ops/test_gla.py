@@ -361,7 +361,7 @@ def test_triton_varlen_on_cuda(H, Hkv):
 
 @pytest.mark.gpu
 def test_triton_prefill_setting_matches_fla_at_the_7b_shape(monkeypatch):
-    """H 28, Hkv 4, K = V = 128, fp32 strided inputs: NEURONCHIP_GLA_PREFILL=triton against the fla default."""
+    """H 28, Hkv 4, K = V = 128, fp32 strided inputs: NEURONCHIP_GLA_PREFILL=triton (the default) against fla."""
     pytest.importorskip("fla", reason="fla-core is not installed")
     torch.manual_seed(9)
     batch = [x.cuda() for x in make_batch([300, 1, 129, 64], 28, 4, 128, 128, 6)]

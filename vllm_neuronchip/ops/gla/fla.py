@@ -1,4 +1,4 @@
-"""GPU backend of `ops.gla`: fla's chunk_gla for prefill, our Triton kernel for decode.
+"""GPU backend of `ops.gla`: fla's chunk_gla for prefill (with NEURONCHIP_GLA_PREFILL=fla), our Triton kernel for decode.
 fla and triton are imported on first use, so this module imports on machines without them."""
 
 import functools

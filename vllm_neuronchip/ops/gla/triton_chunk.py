@@ -1,4 +1,5 @@
-"""GQA-aware chunked GLA prefill in our own Triton kernels: an opt-in alternative to fla's chunk_gla (`fla.py`).
+"""GQA-aware chunked GLA prefill in our own Triton kernels: the CUDA default (fla's chunk_gla, `fla.py`, with
+NEURONCHIP_GLA_PREFILL=fla).
 
 fla has no GQA, so `fla.gla_varlen` repeats k, v, g and the states over the G query heads of each KV head and fla
 keeps one fp32 state per query head and chunk. Here k, v, g, the chunk-local gate cumsums and the chunk states stay
