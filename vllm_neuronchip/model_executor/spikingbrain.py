@@ -207,6 +207,12 @@ class GLAswaForCausalLM(nn.Module, HasInnerState, IsHybrid, SupportsQuant):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         return self.logits_processor(self.lm_head, hidden_states)
 
+    def process_weights_after_loading(self) -> None:
+        """vLLM's model-level hook, after each layer's own processing (and after dummy weights too)."""
+        for module in self.modules():
+            if isinstance(module, GatedLinearAttention):
+                module.fuse_gate_into_qkv()
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         params = dict(self.named_parameters())
         loaded = set()
