@@ -2,6 +2,7 @@
 compiles each distinct piece of the model, so a per-layer constant in the graph multiplies the compile
 time), and each call still runs its own layer's codes."""
 
+import pytest
 import torch
 
 from vllm_neuronchip.quantization.reference import spiked_linear
@@ -49,3 +50,10 @@ def test_layers_compile_to_one_graph_and_run_their_own_codes():
         torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
     assert len(graphs) == 2 and "w8aspike_linear" in graphs[0]
     assert graphs[0] == graphs[1], "a per-layer constant in the traced graph"
+
+
+def test_a_weight_no_layer_holds_is_refused():
+    layer = compact_layer("model.layers.0.mlp.gate_up_proj", seed=0)
+    moved = layer.weight.clone()
+    with pytest.raises(RuntimeError, match="no W8ASpike layer holds this weight"):
+        torch.ops.vllm.w8aspike_linear(torch.randn(2, IN_FEATURES), moved, None)

@@ -165,7 +165,10 @@ reused address names its latest owner): the op takes the weight, not a module.""
 
 
 def _w8aspike_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    layer = _LAYERS[weight.data_ptr()]
+    layer = _LAYERS.get(weight.data_ptr())
+    if layer is None:
+        raise RuntimeError("w8aspike_linear: no W8ASpike layer holds this weight tensor; weights moved after "
+                           "loading (e.g. CPU offloading) are not supported")
     return layer.quant_method.run(layer, x, bias)
 
 
