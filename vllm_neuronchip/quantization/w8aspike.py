@@ -141,7 +141,8 @@ class W8ASpikeLinearMethod(LinearMethodBase):
         """Through the opaque `vllm::w8aspike_linear` op, so torch.compile leaves the Triton kernels,
         the settings lookup and the spike recorder alone. The op names its layer by the weight tensor, a
         graph input, not by a string: a string is a constant of the graph, which would make every layer's
-        piece of the compiled model distinct (vLLM compiles each distinct piece: 4x the compile time)."""
+        piece of the compiled model distinct, and vLLM compiles each distinct piece (the 7B on an H100: 70 s
+        with the string, 43 s without)."""
         return torch.ops.vllm.w8aspike_linear(x, layer.weight, bias)
 
     def run(self, layer, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
