@@ -1,10 +1,10 @@
 """Plots and a markdown table from the serving_<model>.json files that benchmarks/serving.py wrote.
 
-    python benchmarks/plot_serving.py benchmarks/results/gpu
+    python benchmarks/plot_serving.py benchmarks/results/gpu [MORE_FOLDERS ...] [--out FOLDER]
 writes serving_latency.png (TTFT and batch-1 decode against prompt length), where there are
 `vllm bench serve` runs serving_bench.png (throughput and TPOT against concurrency), and where there are capacity
-probes serving_capacity.png (requests running at once, measured, beside vLLM's start-up estimate) into the same
-folder, and prints the table. One curve per model (and TP size when above 1); several runs of one model merge.
+probes serving_capacity.png (requests running at once, measured, beside vLLM's start-up estimate) into the
+first folder (or --out), and prints the table. One curve per model (and TP size when above 1); several runs of one model merge.
 """
 
 import argparse
@@ -31,17 +31,17 @@ def merge(first: dict, later: dict) -> dict:
                             "bench_serve": first.get("bench_serve", []) + later.get("bench_serve", [])}
 
 
-def load(folder: Path) -> dict[str, dict]:
-    """Every serving_*.json of the folder, keyed by its label; runs of the same model and TP size merge, in
-    file-name order."""
+def load(*folders: Path) -> dict[str, dict]:
+    """Every serving_*.json of the folders, keyed by its label; runs of the same model and TP size merge, in
+    folder then file-name order."""
     reports = {}
-    for path in sorted(folder.glob("serving_*.json")):
+    for path in (path for folder in folders for path in sorted(folder.glob("serving_*.json"))):
         report = json.loads(path.read_text())
         if report.get("model") in LABELS:
             name = label(report)
             reports[name] = merge(reports[name], report) if name in reports else report
     if not reports:
-        raise SystemExit(f"no serving_<model>.json in {folder}")
+        raise SystemExit(f"no serving_<model>.json in {', '.join(map(str, folders))}")
     return reports
 
 
@@ -66,7 +66,7 @@ def plot(reports: dict[str, dict], folder: Path) -> None:
         axis.grid(alpha=0.3)
     ttft.set_yscale("log")
     decode.set_ylim(bottom=0)
-    decode.legend()
+    decode.legend(loc="lower right")
     fig.suptitle(f"vllm serve, dummy weights, {device}")
     fig.tight_layout()
     fig.savefig(folder / "serving_latency.png", dpi=120)
@@ -127,10 +127,11 @@ def table(reports: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path)
-    folder = parser.parse_args().folder
-    reports = load(folder)
-    plot(reports, folder)
+    parser.add_argument("folders", type=Path, nargs="+")
+    parser.add_argument("--out", type=Path, help="where the plots go (default: the first folder)")
+    args = parser.parse_args()
+    reports = load(*args.folders)
+    plot(reports, args.out or args.folders[0])
     print(table(reports))
 
 
