@@ -4,7 +4,8 @@
 writes serving_latency.png (TTFT and batch-1 decode against prompt length), where there are
 `vllm bench serve` runs serving_bench.png (throughput and TPOT against concurrency), and where there are capacity
 probes serving_capacity.png (requests running at once, measured, beside vLLM's start-up estimate) into the
-first folder (or --out), and prints the table. One curve per model (and TP size when above 1); several runs of one model merge.
+first folder (or --out), and prints the table. One curve per model (and TP size when above 1); several runs of
+one model merge.
 """
 
 import argparse
