@@ -1,8 +1,10 @@
 """The model on a CUDA GPU (our Triton GLA prefill and decode kernels) equals the pure-torch reference at fp32,
 eager and with CUDA graphs (vLLM's default FULL_AND_PIECEWISE); with CUDA graphs also through fla's chunk_gla
-prefill (NEURONCHIP_GLA_PREFILL=fla); and in bf16 with CUDA graphs within bf16 noise of the reference."""
+prefill (NEURONCHIP_GLA_PREFILL=fla); and in bf16 with CUDA graphs within bf16 noise of the reference. Every
+linear layer runs through our one-token GEMV there (its single-token steps: the decodes of the prompts alone)."""
 
 import pytest
+from vllm.model_executor.layers.linear import LinearBase
 
 from tests.model.test_bf16_matches_reference import check_bf16_engine
 from tests.model.test_matches_reference import (
@@ -13,9 +15,14 @@ from tests.model.test_matches_reference import (
     make_llm,
     random_prompt,
 )
+from vllm_neuronchip.model_executor.decode_gemv import DecodeGemvLinearMethod
 from vllm_neuronchip.settings import get_settings
 
 pytestmark = pytest.mark.gpu
+
+
+def linear_methods(model) -> list[type]:
+    return [type(m.quant_method) for m in model.modules() if isinstance(m, LinearBase)]
 
 
 @pytest.mark.parametrize("enforce_eager,gla_prefill", [(True, "triton"), (False, "triton"), (False, "fla")],
@@ -26,12 +33,14 @@ def test_gpu_matches_reference(tiny_checkpoint, enforce_eager, gla_prefill, monk
     get_settings.cache_clear()
     engine = make_llm(directory, enforce_eager=enforce_eager, kv_cache_memory_bytes=256 << 20)
     try:
+        (methods,) = engine.apply_model(linear_methods)
         prompts = [random_prompt(n, seed=n) for n in MIXED_LENGTHS]
         batch = generate(engine, prompts)
         alone = [generate(engine, [random_prompt(n, seed=1000 + n)])[0] for n in (1, 40, 1)]
     finally:
         free_llm(engine)
         get_settings.cache_clear()
+    assert methods and all(method is DecodeGemvLinearMethod for method in methods), methods
     for prompt, output in zip(prompts, batch):
         assert_matches_reference(output, prompt, tensors, config)
     for n, output in zip((1, 40, 1), alone):

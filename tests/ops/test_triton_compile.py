@@ -24,6 +24,7 @@ from triton.compiler import ASTSource
 from triton.runtime.jit import KernelInterface
 
 from tests.ops.test_w8aspike_ops import make_weight
+from vllm_neuronchip.ops import gemv
 from vllm_neuronchip.ops.gla import fla, triton_chunk
 from vllm_neuronchip.ops.spike import triton_stats
 from vllm_neuronchip.ops.w8aspike import triton_kernels
@@ -132,6 +133,15 @@ def test_gla_prefill_kernels_compile(monkeypatch, dtype):
     assert len(launches) == 3
     for kernel, args, kwargs in launches:  # computing A inside the output kernel once spilled ~390 registers
         assert spills(sass(compile_for_h100(kernel, args, kwargs).asm["cubin"])) == 0, kernel.fn.__name__
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("N,K,bias", [(3584, 18944, False), (4624, 3584, True)])
+def test_gemv_kernel_compiles_without_spills(monkeypatch, dtype, N, K, bias):
+    x, weight = torch.zeros(1, K, dtype=dtype), torch.zeros(N, K, dtype=dtype)
+    b = torch.zeros(N, dtype=dtype) if bias else None
+    (launch,) = recorded_launches(monkeypatch, lambda: gemv.gemv(x, weight, b))
+    assert spills(sass(compile_for_h100(*launch).asm["cubin"])) == 0
 
 
 def test_spike_stats_kernel_compiles(monkeypatch):

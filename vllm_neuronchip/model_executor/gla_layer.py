@@ -24,6 +24,7 @@ from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 import vllm.model_executor.layers.mamba.linear.minimax_linear_attn  # noqa: F401
 
 from vllm_neuronchip.model_executor.config import GLAswaConfig
+from vllm_neuronchip.model_executor.decode_gemv import linear_of
 from vllm_neuronchip.model_executor.gla_backend import GLABackend, GLAMetadata
 from vllm_neuronchip.ops.gla import gla_decode, gla_varlen
 
@@ -139,7 +140,7 @@ class GatedLinearAttention(nn.Module, MambaBase):
         """q, k, v for this rank's heads and the gate logits gk for all KV heads (the gate is replicated)."""
         sizes = [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim]
         if self.qkv_gate_weight is not None:
-            q, k, v, gate_down = F.linear(x, self.qkv_gate_weight, self.qkv_gate_bias).split(
+            q, k, v, gate_down = linear_of(self.qkv_proj)(x, self.qkv_gate_weight, self.qkv_gate_bias).split(
                 sizes + [self.gk_proj[0].weight.shape[0]], dim=-1
             )
             return q, k, v, self.gk_proj[1](gate_down)[0]

@@ -11,6 +11,7 @@ from torch import nn
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.distributed import get_tensor_model_parallel_world_size
+from vllm.logger import init_logger
 from vllm.model_executor.layers.activation import SiluAndMul
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.layernorm import RMSNorm
@@ -26,10 +27,13 @@ from vllm.sequence import IntermediateTensors
 
 from vllm_neuronchip.model_executor.checkpoint import checked_tensors, expected_tensor_shapes
 from vllm_neuronchip.model_executor.config import SWA_LAYER, GLAswaConfig
+from vllm_neuronchip.model_executor.decode_gemv import install_decode_gemv
 from vllm_neuronchip.model_executor.gla_layer import GatedLinearAttention, gla_state_shape
 from vllm_neuronchip.quantization.checkpoint import expected_w8aspike_tensors
 from vllm_neuronchip.quantization.reference import kv_int8, spike_counts
 from vllm_neuronchip.quantization.w8aspike import W8ASpikeConfig, loadable_tensors
+
+logger = init_logger("vllm.neuronchip.model")
 
 # (fused vLLM parameter, checkpoint sub-module, shard id)
 STACKED_PARAMS = (
@@ -212,6 +216,8 @@ class GLAswaForCausalLM(nn.Module, HasInnerState, IsHybrid, SupportsQuant):
         for module in self.modules():
             if isinstance(module, GatedLinearAttention):
                 module.fuse_gate_into_qkv()
+        if layers := install_decode_gemv(self):
+            logger.info("%d unquantized linear layers run a one-kernel GEMV for a single token", layers)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         params = dict(self.named_parameters())

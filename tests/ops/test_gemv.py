@@ -1,0 +1,62 @@
+"""The one-token GEMV (`ops.gemv`) against its fp64 reference: in the Triton interpreter here, on CUDA where there is
+one (the 7B's decode shapes), and when it applies."""
+
+import pytest
+import torch
+
+from tests.ops.test_gla import run_in_interpreter
+from vllm_neuronchip.ops.gemv import BLOCK_K, BLOCK_N, gemv, gemv_applies, gemv_reference
+
+# (N, K): ragged edges in both dimensions, K shorter than one block, a single row.
+SHAPES = [(BLOCK_N * 5 + 3, BLOCK_K * 2 + 17), (13, BLOCK_K // 2 + 1), (1, BLOCK_K * 3)]
+
+
+def check_gemv(device: str, dtype: torch.dtype, N: int, K: int, bias: bool, strided: bool, ulps: float) -> None:
+    """gemv within `ulps` units in the last place of the output dtype of the reference, x given as [1, 1, K].
+    `strided`: W is a view of every other row of a wider matrix (rows contiguous, row stride > K)."""
+    generator = torch.Generator().manual_seed(N * K)
+    wide = torch.randn(2 * N, K + 64, generator=generator)
+    weight = (wide[::2, :K] if strided else wide[:N, :K].contiguous()).to(device, dtype)
+    x = torch.randn(1, 1, K, generator=generator).to(device, dtype)
+    b = torch.randn(N, generator=generator).to(device, dtype) if bias else None
+    got, expected = gemv(x, weight, b), gemv_reference(x, weight, b)
+    assert got.shape == (1, 1, N) and got.dtype == dtype
+    unit = torch.finfo(dtype).eps * expected.double().abs().clamp_min(1.0)
+    error = ((got.double() - expected.double()).abs() / unit).max().item()
+    assert error <= ulps, (dtype, N, K, bias, strided, error)
+
+
+INTERPRETER_CHECK = """
+import itertools, sys, torch
+sys.path.insert(0, {tests!r})
+import test_gemv as t
+# fp32: fp32 sums of K products, a few ulps; half types: one rounding of the fp32 sum, which the interpreter's casts
+# truncate instead of rounding to nearest (one unit at most).
+for (N, K), dtype, bias, strided in itertools.product(t.SHAPES, [torch.float32, torch.bfloat16, torch.float16],
+                                                      [False, True], [False, True]):
+    t.check_gemv("cpu", dtype, N, K, bias, strided, ulps=64 if dtype == torch.float32 else 1)
+print("gemv ok")
+"""
+
+
+def test_gemv_in_interpreter():
+    run_in_interpreter(INTERPRETER_CHECK, "gemv ok")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("N,K,bias", [(3584, 18944, False), (4624, 3584, True), (37888, 3584, False),
+                                      *((n, k, True) for n, k in SHAPES)], ids=str)
+def test_gemv_on_cuda(dtype, N, K, bias):
+    check_gemv("cuda", dtype, N, K, bias, strided=False, ulps=256 if dtype == torch.float32 else 1)
+
+
+@pytest.mark.gpu
+def test_gemv_applies_to_one_cuda_row_with_contiguous_weight_rows():
+    w = torch.zeros(64, 256, device="cuda", dtype=torch.bfloat16)
+    x = torch.zeros(1, 256, device="cuda", dtype=torch.bfloat16)
+    assert gemv_applies(x, w) and gemv_applies(x[None], w) and gemv_applies(x, w[::2])
+    assert not gemv_applies(torch.zeros(2, 256, device="cuda", dtype=torch.bfloat16), w)  # two tokens
+    assert not gemv_applies(x.float(), w)  # mixed dtypes
+    assert not gemv_applies(x, torch.zeros(256, 64, device="cuda", dtype=torch.bfloat16).T)  # columns contiguous
+    assert not gemv_applies(x.cpu(), w.cpu())

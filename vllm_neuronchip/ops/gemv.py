@@ -1,0 +1,68 @@
+"""One token's linear layer, y = x W^T + b, as a single Triton kernel, and its reference.
+
+At batch 1 a linear layer only streams its weight. cuBLAS runs the 7B's decode shapes below that rate (o_proj and
+qkv_proj at 2.2-2.3 TB/s on an H100) or as split-K (down_proj: a memset, the GEMM and a reduce, three kernels);
+this kernel reads each weight row block once and writes y directly. triton is imported on first use.
+"""
+
+import functools
+
+import torch
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 8, 256, 4, 4
+"""Within 1% of the fastest of 36 launch configurations on each of the 7B's down_proj, o_proj and qkv_proj+gate
+shapes (H100, benchmarks/results/gpu/h100/session_2026-12-07_1940/gemv_bf16.json)."""
+
+
+def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `gemv` computes F.linear(x, weight): one CUDA row of a float dtype, rows of W contiguous."""
+    return (x.is_cuda and x.numel() == x.shape[-1] and x.dtype in DTYPES and weight.dtype == x.dtype
+            and weight.dim() == 2 and weight.stride(1) == 1)
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] holding one row, weight [N, K], bias [N] or None -> y [..., N] in x's dtype (fp32 sums)."""
+    import triton
+
+    N, K = weight.shape
+    row = x.reshape(K).contiguous()
+    y = x.new_empty(*x.shape[:-1], N)
+    _gemv_kernel()[(triton.cdiv(N, BLOCK_N),)](
+        row, weight, bias if bias is not None else weight, y, N, K, weight.stride(0),
+        HAS_BIAS=bias is not None, BN=BLOCK_N, BK=BLOCK_K, STAGES=NUM_STAGES, num_warps=NUM_WARPS,
+    )
+    return y
+
+
+def gemv_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x W^T + b summed in fp64, rounded once to x's dtype."""
+    y = x.double() @ weight.double().T
+    return (y if bias is None else y + bias.double()).to(x.dtype)
+
+
+@functools.cache
+def _gemv_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def gemv_kernel(x, w, b, y, N, K, s_wn, HAS_BIAS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                    STAGES: tl.constexpr):
+        # One program per BN rows of W: fp32 products accumulated per column slot, summed across slots at the end.
+        rows = tl.program_id(0) * BN + tl.arange(0, BN)
+        m_n = rows < N
+        acc = tl.zeros([BN, BK], dtype=tl.float32)
+        for k0 in tl.range(0, K, BK, num_stages=STAGES):
+            cols = k0 + tl.arange(0, BK)
+            m_k = cols < K
+            b_w = tl.load(w + rows[:, None].to(tl.int64) * s_wn + cols[None, :],
+                          mask=m_n[:, None] & m_k[None, :], other=0.0)
+            b_x = tl.load(x + cols, mask=m_k, other=0.0)
+            acc += b_w.to(tl.float32) * b_x.to(tl.float32)[None, :]
+        out = tl.sum(acc, axis=1)
+        if HAS_BIAS:
+            out += tl.load(b + rows, mask=m_n, other=0.0).to(tl.float32)
+        tl.store(y + rows, out.to(y.dtype.element_ty), mask=m_n)
+
+    return gemv_kernel
