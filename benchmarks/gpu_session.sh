@@ -39,13 +39,15 @@
 #   ttft-peers TTFT at 32K and 128K of the sliding-window and the dense peer (ttft-gla's baselines, same session)
 #   decode-profile  where a batch-1 decode step goes after a 32K prompt: ours, ours with the previous code
 #              (benchmarks/scratch/before, if carried) and the sliding-window peer; GPU kernels and GPU against wall
-#              time per token (benchmarks/gpu_latency.py --profile-decode, engines in-process)
+#              time per token (benchmarks/gpu_latency.py --profile-decode, engines in-process);
+#              DECODE_MODELS=spikingbrain leaves the peer out
+#   gemv       benchmarks/decode_gemv.py: our one-token GEMV against cuBLAS on the 7B's projection shapes
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
 #   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
 #   tp2-tiny   (nvidia-h200-x2) vllm serve of a tiny checkpoint at TP=2 through the OpenAI API
 #   tp1, tp2   TTFT at 128K and 512K, decode after each, TP=1 (run with CUDA_VISIBLE_DEVICES=0) or TP=2
 set -uo pipefail
-step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-prefill-sweep|w8aspike-tests|w8aspike-serve|w8aspike-down-serve|bf16-serve|capacity|capacity-both|profile|gla-prefill|ttft-gla|ttft-peers|decode-profile|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
+step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-prefill-sweep|w8aspike-tests|w8aspike-serve|w8aspike-down-serve|bf16-serve|capacity|capacity-both|profile|gla-prefill|ttft-gla|ttft-peers|decode-profile|gemv|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHINFER_SAMPLER=0
@@ -167,12 +169,13 @@ case "$step" in
     done ;;
   decode-profile)
     decode_profile=(--lengths 1024 --repeats 2 --decode-tokens 64 --profile-decode 32768)
-    for model in spikingbrain swa-peer; do
+    for model in ${DECODE_MODELS:-spikingbrain swa-peer}; do
       latency "$model" 190 "decode_profile_$model" 18 "${decode_profile[@]}" --out "$out"
     done
     previous_code 190 "$out/decode_profile_before.log" benchmarks/gpu_latency.py --model spikingbrain \
       "${decode_profile[@]}" --out "$out/before"
     grep -E "^\[spikingbrain\]" "$out/decode_profile_before.log" | tail -18 ;;
+  gemv) timeout 120 python3 benchmarks/decode_gemv.py --out "$out" 2>&1 | tee "$out/decode_gemv.log" ;;
   tp1) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency ;;
   tp2-test)  # the tiny checkpoint at TP=2 against the reference, eager and CUDA graphs at once; cold workers: minutes
     variants=(eager cuda-graphs)
