@@ -36,6 +36,10 @@ class NeuronChipSettings(BaseSettings):
         "head (triton, ops/gla/triton_chunk.py; on an H100 1.5-1.7x less GPU time than fla per 7B layer and a 4% "
         "lower TTFT, see README), or fla's chunk_gla with them repeated over the query heads (fla).",
     )
+    decode_gemv: bool = Field(
+        True, description="On CUDA, run a single token's unquantized linear layers through our one-kernel Triton "
+        "GEMV (ops/gemv.py) instead of cuBLAS (model_executor/decode_gemv.py).",
+    )
     fla_configs: str | None = Field(
         None, description="A table of pinned fla configs to use instead of ops/gla/fla_configs.json "
         "(benchmarks/tune_fla.py writes one).",

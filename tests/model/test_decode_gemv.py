@@ -11,6 +11,7 @@ from vllm.model_executor.layers.linear import ReplicatedLinear, UnquantizedLinea
 from vllm_neuronchip.model_executor import decode_gemv
 from vllm_neuronchip.model_executor.decode_gemv import DecodeGemvLinearMethod, install_decode_gemv, linear_of
 from vllm_neuronchip.quantization.w8aspike import W8ASpikeConfig, W8ASpikeLinearMethod
+from vllm_neuronchip.settings import get_settings
 
 
 @pytest.fixture
@@ -43,6 +44,17 @@ def test_install_changes_only_the_unquantized_linears(monkeypatch, linears):
     nn.init.normal_(layer.bias)
     x = torch.randn(1, 256)
     torch.testing.assert_close(layer(x)[0], F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+
+
+def test_the_setting_turns_it_off(monkeypatch, linears):
+    monkeypatch.setattr(decode_gemv, "vllm_would_run_f_linear", lambda: True)
+    monkeypatch.setenv("NEURONCHIP_DECODE_GEMV", "0")
+    get_settings.cache_clear()
+    try:
+        assert install_decode_gemv(linears) == 0
+    finally:
+        get_settings.cache_clear()
+    assert type(linears["plain"].quant_method) is UnquantizedLinearMethod
 
 
 def test_vllm_linears_stay_where_vllm_would_not_run_f_linear(linears):

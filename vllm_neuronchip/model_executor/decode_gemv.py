@@ -3,7 +3,8 @@ token, F.linear (cuBLAS) for anything else.
 
 The choice is made inside the op, at run time, so torch.compile keeps one graph for every batch size and each CUDA
 graph captures the path of its own size: batch-1 decode replays the GEMV. Installed after loading, only where vLLM
-itself would run plain F.linear (CUDA, no batch-invariant mode, no FlashInfer linear backend).
+itself would run plain F.linear (CUDA, no batch-invariant mode, no FlashInfer linear backend), unless
+NEURONCHIP_DECODE_GEMV=0.
 """
 
 from typing import Optional
@@ -19,6 +20,7 @@ from vllm.platforms import current_platform
 from vllm.utils.torch_utils import direct_register_custom_op
 
 from vllm_neuronchip.ops.gemv import gemv, gemv_applies
+from vllm_neuronchip.settings import get_settings
 
 
 def _neuronchip_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -49,8 +51,8 @@ def vllm_would_run_f_linear() -> bool:
 
 def install_decode_gemv(model: nn.Module) -> int:
     """After loading: every linear layer of `model` with vLLM's unquantized method gets `DecodeGemvLinearMethod`
-    where vLLM would run plain F.linear. Returns how many layers it changed."""
-    if not vllm_would_run_f_linear():
+    where vLLM would run plain F.linear, unless NEURONCHIP_DECODE_GEMV=0. Returns how many layers it changed."""
+    if not get_settings().decode_gemv or not vllm_would_run_f_linear():
         return 0
     layers = [m for m in model.modules()
               if isinstance(m, LinearBase) and type(m.quant_method) is UnquantizedLinearMethod]
