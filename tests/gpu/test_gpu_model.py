@@ -30,6 +30,7 @@ def linear_methods(model) -> list[type]:
 def test_gpu_matches_reference(tiny_checkpoint, enforce_eager, gla_prefill, monkeypatch):
     directory, tensors, config = tiny_checkpoint
     monkeypatch.setenv("NEURONCHIP_GLA_PREFILL", gla_prefill)  # the engine runs in this process
+    monkeypatch.setenv("NEURONCHIP_DECODE_GEMV", "1")
     get_settings.cache_clear()
     engine = make_llm(directory, enforce_eager=enforce_eager, kv_cache_memory_bytes=256 << 20)
     try:

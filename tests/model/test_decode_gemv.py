@@ -14,6 +14,14 @@ from vllm_neuronchip.quantization.w8aspike import W8ASpikeConfig, W8ASpikeLinear
 from vllm_neuronchip.settings import get_settings
 
 
+@pytest.fixture(autouse=True)
+def decode_gemv_on(monkeypatch):
+    monkeypatch.setenv("NEURONCHIP_DECODE_GEMV", "1")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 @pytest.fixture
 def linears(monkeypatch):
     """A float linear, and under W8ASpike a quantized one and one it leaves in float (down_proj, spec D7); vLLM's
@@ -26,7 +34,7 @@ def linears(monkeypatch):
         "spiked": ReplicatedLinear(256, 64, quant_config=w8aspike, disable_tp=True,
                                    prefix="model.layers.0.mlp.gate_up_proj"),
         "kept_float": ReplicatedLinear(256, 64, quant_config=w8aspike, disable_tp=True,
-                                                 prefix="model.layers.0.mlp.down_proj"),
+                                       prefix="model.layers.0.mlp.down_proj"),
     })
 
 
@@ -46,14 +54,11 @@ def test_install_changes_only_the_unquantized_linears(monkeypatch, linears):
     torch.testing.assert_close(layer(x)[0], F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
 
 
-def test_the_setting_turns_it_off(monkeypatch, linears):
+def test_off_by_the_setting(monkeypatch, linears):
     monkeypatch.setattr(decode_gemv, "vllm_would_run_f_linear", lambda: True)
     monkeypatch.setenv("NEURONCHIP_DECODE_GEMV", "0")
     get_settings.cache_clear()
-    try:
-        assert install_decode_gemv(linears) == 0
-    finally:
-        get_settings.cache_clear()
+    assert install_decode_gemv(linears) == 0
     assert type(linears["plain"].quant_method) is UnquantizedLinearMethod
 
 
