@@ -5,13 +5,15 @@ import pytest
 import torch
 
 from tests.ops.test_gla import run_in_interpreter
-from vllm_neuronchip.ops.gemv import BLOCK_K, BLOCK_N, gemv, gemv_applies, gemv_reference
+from vllm_neuronchip.ops.gemv import Launch, gemv, gemv_applies, gemv_reference
 
 # (N, K): ragged edges in both dimensions, K shorter than one block, a single row.
-SHAPES = [(BLOCK_N * 5 + 3, BLOCK_K * 2 + 17), (13, BLOCK_K // 2 + 1), (1, BLOCK_K * 3)]
+BN, BK = Launch().block_n, Launch().block_k
+SHAPES = [(BN * 5 + 3, BK * 2 + 17), (13, BK // 2 + 1), (1, BK * 3)]
 
 
-def check_gemv(device: str, dtype: torch.dtype, N: int, K: int, bias: bool, strided: bool, ulps: float) -> None:
+def check_gemv(device: str, dtype: torch.dtype, N: int, K: int, bias: bool, strided: bool, ulps: float,
+               launch: Launch = Launch()) -> None:
     """gemv within `ulps` units in the last place of the output dtype of the reference, x given as [1, 1, K].
     `strided`: W is a view of every other row of a wider matrix (rows contiguous, row stride > K)."""
     generator = torch.Generator().manual_seed(N * K)
@@ -19,7 +21,7 @@ def check_gemv(device: str, dtype: torch.dtype, N: int, K: int, bias: bool, stri
     weight = (wide[::2, :K] if strided else wide[:N, :K].contiguous()).to(device, dtype)
     x = torch.randn(1, 1, K, generator=generator).to(device, dtype)
     b = torch.randn(N, generator=generator).to(device, dtype) if bias else None
-    got, expected = gemv(x, weight, b), gemv_reference(x, weight, b)
+    got, expected = gemv(x, weight, b, launch), gemv_reference(x, weight, b)
     assert got.shape == (1, 1, N) and got.dtype == dtype
     unit = torch.finfo(dtype).eps * expected.double().abs().clamp_min(1.0)
     error = ((got.double() - expected.double()).abs() / unit).max().item()
@@ -35,6 +37,9 @@ import test_gemv as t
 for (N, K), dtype, bias, strided in itertools.product(t.SHAPES, [torch.float32, torch.bfloat16, torch.float16],
                                                       [False, True], [False, True]):
     t.check_gemv("cpu", dtype, N, K, bias, strided, ulps=64 if dtype == torch.float32 else 1)
+# Other launch settings (benchmarks/decode_gemv.py --sweep times them): rows and columns per program.
+for launch in [t.Launch(block_n=4, block_k=128), t.Launch(block_n=16, block_k=512, num_warps=8, num_stages=2)]:
+    t.check_gemv("cpu", torch.float32, 37, 700, True, True, ulps=64, launch=launch)
 print("gemv ok")
 """
 

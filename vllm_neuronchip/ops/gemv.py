@@ -5,14 +5,24 @@ qkv_proj at 2.2-2.3 TB/s on an H100) or as split-K (down_proj: a memset, the GEM
 this kernel reads each weight row block once and writes y directly. triton is imported on first use.
 """
 
+import dataclasses
 import functools
 
 import torch
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 8, 256, 4, 4
-"""Within 1% of the fastest of 36 launch configurations on each of the 7B's down_proj, o_proj and qkv_proj+gate
-shapes (H100, benchmarks/results/gpu/h100/session_2026-12-07_1940/gemv_bf16.json)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """Launch settings: rows of W per program, columns per step, warps, pipeline stages. The defaults were within
+    1% of the fastest of 32 settings on each of the 7B's down_proj, o_proj and qkv_proj+gate shapes on an H100
+    (benchmarks/results/gpu/h100/session_2026-12-07_1940/gemv_bf16.json; `benchmarks/decode_gemv.py --sweep`)."""
+
+    block_n: int = 8
+    block_k: int = 256
+    num_warps: int = 4
+    num_stages: int = 4
 
 
 def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -21,16 +31,17 @@ def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and weight.dim() == 2 and weight.stride(1) == 1)
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, launch: Launch = Launch()
+         ) -> torch.Tensor:
     """x [..., K] holding one row, weight [N, K], bias [N] or None -> y [..., N] in x's dtype (fp32 sums)."""
     import triton
 
     N, K = weight.shape
     row = x.reshape(K).contiguous()
     y = x.new_empty(*x.shape[:-1], N)
-    _gemv_kernel()[(triton.cdiv(N, BLOCK_N),)](
-        row, weight, bias if bias is not None else weight, y, N, K, weight.stride(0),
-        HAS_BIAS=bias is not None, BN=BLOCK_N, BK=BLOCK_K, STAGES=NUM_STAGES, num_warps=NUM_WARPS,
+    _gemv_kernel()[(triton.cdiv(N, launch.block_n),)](
+        row, weight, bias if bias is not None else weight, y, N, K, weight.stride(0), HAS_BIAS=bias is not None,
+        BN=launch.block_n, BK=launch.block_k, STAGES=launch.num_stages, num_warps=launch.num_warps,
     )
     return y
 
