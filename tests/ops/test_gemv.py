@@ -57,7 +57,7 @@ def test_gemv_on_cuda(dtype, N, K, bias):
 
 
 @pytest.mark.gpu
-def test_gemv_applies_to_one_cuda_row_with_contiguous_weight_rows():
+def test_gemv_applies_to_one_cuda_row_with_contiguous_weight_rows_and_bias():
     w = torch.zeros(64, 256, device="cuda", dtype=torch.bfloat16)
     x = torch.zeros(1, 256, device="cuda", dtype=torch.bfloat16)
     assert gemv_applies(x, w) and gemv_applies(x[None], w) and gemv_applies(x, w[::2])
@@ -65,3 +65,5 @@ def test_gemv_applies_to_one_cuda_row_with_contiguous_weight_rows():
     assert not gemv_applies(x.float(), w)  # mixed dtypes
     assert not gemv_applies(x, torch.zeros(256, 64, device="cuda", dtype=torch.bfloat16).T)  # columns contiguous
     assert not gemv_applies(x.cpu(), w.cpu())
+    bias = torch.zeros(128, device="cuda", dtype=torch.bfloat16)
+    assert gemv_applies(x, w, bias[:64]) and not gemv_applies(x, w, bias[::2])  # a strided bias

@@ -24,7 +24,7 @@ from vllm_neuronchip.settings import get_settings
 
 
 def _neuronchip_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    return gemv(x, weight, bias) if gemv_applies(x, weight) else F.linear(x, weight, bias)
+    return gemv(x, weight, bias) if gemv_applies(x, weight, bias) else F.linear(x, weight, bias)
 
 
 def _neuronchip_linear_fake(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:

@@ -25,10 +25,11 @@ class Launch:
     num_stages: int = 4
 
 
-def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `gemv` computes F.linear(x, weight): one CUDA row of a float dtype, rows of W contiguous."""
+def gemv_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether `gemv` computes F.linear(x, weight, bias): one CUDA row of a float dtype, rows of W contiguous, a
+    contiguous bias."""
     return (x.is_cuda and x.numel() == x.shape[-1] and x.dtype in DTYPES and weight.dtype == x.dtype
-            and weight.dim() == 2 and weight.stride(1) == 1)
+            and weight.dim() == 2 and weight.stride(1) == 1 and (bias is None or bias.stride(0) == 1))
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, launch: Launch = Launch()
