@@ -19,9 +19,9 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from triton.backends.compiler import GPUTarget
+from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
-from triton.runtime.jit import KernelInterface
+from triton.runtime.jit import KernelInterface, create_function_from_signature
 
 from tests.ops.test_w8aspike_ops import make_weight
 from vllm_neuronchip.ops import gemv
@@ -69,7 +69,8 @@ def compile_for_h100(kernel, args, kwargs):
             signature[name], constexprs[name] = "constexpr", value
             continue
         signature[name] = argument_type(value)
-        if isinstance(value, torch.Tensor) or (type(value) is int and value % 16 == 0 and not unspecialised):
+        if ((isinstance(value, torch.Tensor) and name not in kernel.do_not_specialize_on_alignment)
+                or (type(value) is int and value % 16 == 0 and not unspecialised)):
             aligned[(index,)] = [["tt.divisibility", 16]]  # as the launcher does; CUDA allocations are aligned
     options = {k: v for k, v in kwargs.items() if k in LAUNCH_OPTIONS}
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned),
@@ -212,3 +213,33 @@ def test_w8aspike_kernels_compile_once_per_plan_whatever_the_row_count(monkeypat
         return keys
 
     assert specialisations(4096) == specialisations(4097) == specialisations(5003)
+
+
+def triton_specialisation(kernel, args, kwargs) -> list:
+    """What Triton keys a kernel's compiled variants on for these arguments (each argument's type and 16-byte
+    alignment, integers' divisibility by 16 and equality to 1, the constexprs), by Triton's own argument binder."""
+    binder = create_function_from_signature(kernel.signature, kernel.params, BaseBackend)
+    return binder(*args, **kwargs)[1]
+
+
+def test_gla_prefill_kernels_compile_once_whatever_the_decodes_before_them(monkeypatch):
+    """In a step that mixes decodes and prefills, the prefills' state slots start `num_decodes` int32 into the step's
+    slot tensor, so their address is 16-byte aligned only for a multiple of 4 decodes. Triton specialises on that
+    alignment unless told not to: a step with 1 to 3 decodes compiled the scan kernel again while serving (vLLM's
+    JIT monitor warned of it on an H100)."""
+    T, H, Hkv, K = 200, 28, 4, 128
+    decodes = 3
+    packed = torch.zeros(decodes + T, (H + 3 * Hkv) * K)  # the layer's q|k|v|g, decode rows first
+    all_slots = torch.arange(decodes + 2, dtype=torch.int32)
+    state = torch.zeros(8, Hkv, K, K)
+
+    def specialisations(num_decodes):
+        rows = packed[num_decodes : num_decodes + T]
+        q, k, v, g = (x.view(T, -1, K) for x in rows.split([H * K, Hkv * K, Hkv * K, Hkv * K], dim=1))
+        launches = recorded_launches(monkeypatch, lambda: triton_chunk.gla_varlen(
+            q, k, v, g, state=state, state_indices=all_slots[num_decodes : num_decodes + 2],
+            cu_seqlens=torch.tensor([0, 130, T], dtype=torch.int32), has_initial_state=torch.tensor([True, False]),
+            scale=0.1))
+        return [triton_specialisation(*launch) for launch in launches]
+
+    assert specialisations(0) == specialisations(1) == specialisations(2) == specialisations(3)

@@ -111,7 +111,9 @@ def _scan_kernel():
 
     _define_helpers()
 
-    @triton.jit
+    # The prefills' slots start `num_decodes` int32 into the step's slot tensor: specialising on their alignment
+    # would compile the kernel again while serving, for a step with 1 to 3 decodes before its prefills.
+    @triton.jit(do_not_specialize_on_alignment=["state_indices", "has_initial_state"])
     def gla_chunk_scan_kernel(
         k, s_kt, s_kh, v, s_vt, s_vh, g, s_gt, s_gh, state, s_slot, s_head, s_key, s_value,
         state_indices, has_initial_state, cu_seqlens, first_chunk, chunk_states, gc,
