@@ -48,5 +48,10 @@ def test_gpu_matches_reference(tiny_checkpoint, enforce_eager, gla_prefill, monk
         assert_matches_reference(output, random_prompt(n, seed=1000 + n), tensors, config)
 
 
-def test_gpu_bf16_within_bf16_noise(tiny_checkpoint):
-    check_bf16_engine(*tiny_checkpoint, enforce_eager=False, kv_cache_memory_bytes=256 << 20)
+def test_gpu_bf16_within_bf16_noise(tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv("NEURONCHIP_DECODE_GEMV", "1")
+    get_settings.cache_clear()
+    try:
+        check_bf16_engine(*tiny_checkpoint, alone=(1, 40), enforce_eager=False, kv_cache_memory_bytes=256 << 20)
+    finally:
+        get_settings.cache_clear()

@@ -40,15 +40,18 @@ def assert_within_bf16_noise(output, prompt, tensors, config):
     assert shortfall.max() <= NOISE_FACTOR * noise.max(), (where, "generated a token far from the argmax")
 
 
-def check_bf16_engine(directory, tensors, config, **engine_args):
-    """MIXED_LENGTHS prompts in one batch through a bf16 engine, each within bf16 noise of the reference."""
+def check_bf16_engine(directory, tensors, config, alone: tuple[int, ...] = (), **engine_args):
+    """MIXED_LENGTHS prompts in one batch through a bf16 engine, then prompts of the `alone` lengths one at a time
+    (single-token decode steps), each within bf16 noise of the reference."""
     engine = make_llm(directory, dtype="bfloat16", **engine_args)
     try:
         prompts = [random_prompt(n, seed=n) for n in MIXED_LENGTHS]
         outputs = generate(engine, prompts)
+        prompts += [random_prompt(n, seed=2000 + n) for n in alone]
+        outputs += [generate(engine, [prompt])[0] for prompt in prompts[len(MIXED_LENGTHS):]]
     finally:
         free_llm(engine)
-    for prompt, output in zip(prompts, outputs):
+    for prompt, output in zip(prompts, outputs, strict=True):
         assert_within_bf16_noise(output, prompt, tensors, config)
 
 
