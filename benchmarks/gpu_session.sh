@@ -42,7 +42,7 @@
 #              time per token (benchmarks/gpu_latency.py --profile-decode, engines in-process);
 #              DECODE_MODELS=spikingbrain leaves the peer out
 #   gemv       benchmarks/decode_gemv.py: our one-token GEMV against cuBLAS on the 7B's projection shapes
-#   gemv-check the decode GEMV in one call: decode_gemv.py --sweep, the GPU tests that run it (the tiny model with
+#   gemv-check the decode GEMV in one call: decode_gemv.py (SWEEP=1: --sweep), the GPU tests that run it (the tiny model with
 #              CUDA graphs at fp32 and bf16, the op on the 7B shapes), then batch-1 decode and a decode profile
 #              after 32K with NEURONCHIP_DECODE_GEMV=1 and =0 (in-process engines, one after the other)
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
@@ -180,13 +180,13 @@ case "$step" in
     grep -E "^\[spikingbrain\]" "$out/decode_profile_before.log" | tail -18 ;;
   gemv) timeout 120 python3 benchmarks/decode_gemv.py --out "$out" 2>&1 | tee "$out/decode_gemv.log" ;;
   gemv-check)
-    timeout 100 python3 benchmarks/decode_gemv.py --sweep --out "$out" > "$out/decode_gemv.log" 2>&1
+    timeout 100 python3 benchmarks/decode_gemv.py ${SWEEP:+--sweep} --out "$out" > "$out/decode_gemv.log" 2>&1
     tail -7 "$out/decode_gemv.log"
     timeout 250 python3 -m pytest -q -m gpu tests/gpu tests/ops/test_gemv.py -k "(cuda-graphs and not fla) or bf16 or gemv" \
       -p no:cacheprovider -W ignore > "$out/gpu_gemv_tests.log" 2>&1
     summary "$out/gpu_gemv_tests.log"
     for gemv in 1 0; do
-      NEURONCHIP_DECODE_GEMV=$gemv latency spikingbrain 150 "decode_gemv_$gemv" 18 --lengths 1024 --repeats 2 \
+      NEURONCHIP_DECODE_GEMV=$gemv latency spikingbrain 170 "decode_gemv_$gemv" 18 --lengths 1024 --repeats 2 \
         --decode-tokens 64 --profile-decode 32768 --out "$out/gemv_$gemv"
     done ;;
   tp1) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency ;;
