@@ -16,11 +16,11 @@ def check_gemv(device: str, dtype: torch.dtype, N: int, K: int, bias: bool, stri
                launch: Launch = Launch()) -> None:
     """gemv within `ulps` units in the last place of the output dtype of the reference, x given as [1, 1, K].
     `strided`: W is a view of every other row of a wider matrix (rows contiguous, row stride > K)."""
-    generator = torch.Generator().manual_seed(N * K)
-    wide = torch.randn(2 * N, K + 64, generator=generator)
-    weight = (wide[::2, :K] if strided else wide[:N, :K].contiguous()).to(device, dtype)
-    x = torch.randn(1, 1, K, generator=generator).to(device, dtype)
-    b = torch.randn(N, generator=generator).to(device, dtype) if bias else None
+    generator = torch.Generator(device).manual_seed(N * K)
+    wide = torch.randn(2 * N if strided else N, K + 64, generator=generator, device=device).to(dtype)
+    weight = wide[::2, :K] if strided else wide[:, :K].contiguous()
+    x = torch.randn(1, 1, K, generator=generator, device=device).to(dtype)
+    b = torch.randn(N, generator=generator, device=device).to(dtype) if bias else None
     got, expected = gemv(x, weight, b, launch), gemv_reference(x, weight, b)
     assert got.shape == (1, 1, N) and got.dtype == dtype
     unit = torch.finfo(dtype).eps * expected.double().abs().clamp_min(1.0)
