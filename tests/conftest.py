@@ -19,6 +19,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture
+def neuronchip_env(monkeypatch):
+    """Sets NEURONCHIP_ settings for this test: `neuronchip_env(DECODE_GEMV="1")` sets NEURONCHIP_DECODE_GEMV and
+    drops the cached settings (also at the end, so later tests read their own environment)."""
+    from vllm_neuronchip.settings import get_settings
+
+    def set_env(**settings: str) -> None:
+        for name, value in settings.items():
+            monkeypatch.setenv(f"NEURONCHIP_{name}", value)
+        get_settings.cache_clear()
+
+    yield set_env
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """(directory, tensors, config) of the default tiny model, safetensors in two shards."""

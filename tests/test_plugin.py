@@ -6,7 +6,6 @@ import pytest
 
 from vllm_neuronchip import ARCHITECTURE, MODEL_TYPE, register, register_platform
 from vllm_neuronchip.model_executor.engine_config import check_tensor_parallel_size
-from vllm_neuronchip.settings import get_settings
 
 
 def test_entry_points_are_installed():
@@ -27,16 +26,12 @@ def test_general_plugin_registers_config_and_architecture_idempotently():
     assert type(AutoConfig.for_model(MODEL_TYPE)).__name__ == "GLAswaConfig"
 
 
-def test_platform_plugin_is_opt_in(monkeypatch):
-    get_settings.cache_clear()
+def test_platform_plugin_is_opt_in(neuronchip_env):
+    neuronchip_env()
     assert register_platform() is None
-    monkeypatch.setenv("NEURONCHIP_PLATFORM", "1")
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(RuntimeError, match="NEURONCHIP_PLATFORM"):
-            register_platform()
-    finally:
-        get_settings.cache_clear()
+    neuronchip_env(PLATFORM="1")
+    with pytest.raises(RuntimeError, match="NEURONCHIP_PLATFORM"):
+        register_platform()
 
 
 @pytest.mark.parametrize("tp", [1, 2, 4])

@@ -16,7 +16,6 @@ from tests.model.test_matches_reference import (
     random_prompt,
 )
 from vllm_neuronchip.model_executor.decode_gemv import DecodeGemvLinearMethod
-from vllm_neuronchip.settings import get_settings
 
 pytestmark = pytest.mark.gpu
 
@@ -27,11 +26,9 @@ def linear_methods(model) -> list[type]:
 
 @pytest.mark.parametrize("enforce_eager,gla_prefill", [(True, "triton"), (False, "triton"), (False, "fla")],
                          ids=["eager", "cuda-graphs", "cuda-graphs-fla-prefill"])
-def test_gpu_matches_reference(tiny_checkpoint, enforce_eager, gla_prefill, monkeypatch):
+def test_gpu_matches_reference(tiny_checkpoint, enforce_eager, gla_prefill, neuronchip_env):
     directory, tensors, config = tiny_checkpoint
-    monkeypatch.setenv("NEURONCHIP_GLA_PREFILL", gla_prefill)  # the engine runs in this process
-    monkeypatch.setenv("NEURONCHIP_DECODE_GEMV", "1")
-    get_settings.cache_clear()
+    neuronchip_env(GLA_PREFILL=gla_prefill, DECODE_GEMV="1")  # the engine runs in this process
     engine = make_llm(directory, enforce_eager=enforce_eager, kv_cache_memory_bytes=256 << 20)
     try:
         (methods,) = engine.apply_model(linear_methods)
@@ -40,7 +37,6 @@ def test_gpu_matches_reference(tiny_checkpoint, enforce_eager, gla_prefill, monk
         alone = [generate(engine, [random_prompt(n, seed=1000 + n)])[0] for n in (1, 40, 1)]
     finally:
         free_llm(engine)
-        get_settings.cache_clear()
     assert methods and all(method is DecodeGemvLinearMethod for method in methods), methods
     for prompt, output in zip(prompts, batch):
         assert_matches_reference(output, prompt, tensors, config)
@@ -48,10 +44,6 @@ def test_gpu_matches_reference(tiny_checkpoint, enforce_eager, gla_prefill, monk
         assert_matches_reference(output, random_prompt(n, seed=1000 + n), tensors, config)
 
 
-def test_gpu_bf16_within_bf16_noise(tiny_checkpoint, monkeypatch):
-    monkeypatch.setenv("NEURONCHIP_DECODE_GEMV", "1")
-    get_settings.cache_clear()
-    try:
-        check_bf16_engine(*tiny_checkpoint, alone=(1, 40), enforce_eager=False, kv_cache_memory_bytes=256 << 20)
-    finally:
-        get_settings.cache_clear()
+def test_gpu_bf16_within_bf16_noise(tiny_checkpoint, neuronchip_env):
+    neuronchip_env(DECODE_GEMV="1")
+    check_bf16_engine(*tiny_checkpoint, alone=(1, 40), enforce_eager=False, kv_cache_memory_bytes=256 << 20)

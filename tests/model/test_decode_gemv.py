@@ -11,15 +11,11 @@ from vllm.model_executor.layers.linear import ReplicatedLinear, UnquantizedLinea
 from vllm_neuronchip.model_executor import decode_gemv
 from vllm_neuronchip.model_executor.decode_gemv import DecodeGemvLinearMethod, install_decode_gemv, linear_of
 from vllm_neuronchip.quantization.w8aspike import W8ASpikeConfig, W8ASpikeLinearMethod
-from vllm_neuronchip.settings import get_settings
 
 
 @pytest.fixture(autouse=True)
-def decode_gemv_on(monkeypatch):
-    monkeypatch.setenv("NEURONCHIP_DECODE_GEMV", "1")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+def decode_gemv_on(neuronchip_env):
+    neuronchip_env(DECODE_GEMV="1")
 
 
 @pytest.fixture
@@ -40,24 +36,23 @@ def linears(monkeypatch):
 
 def test_install_changes_only_the_unquantized_linears(monkeypatch, linears):
     monkeypatch.setattr(decode_gemv, "vllm_would_run_f_linear", lambda: True)
-    model = linears
-    assert type(model["kept_float"].quant_method) is UnquantizedLinearMethod
-    assert install_decode_gemv(model) == 2
-    assert isinstance(model["plain"].quant_method, DecodeGemvLinearMethod)
-    assert isinstance(model["kept_float"].quant_method, DecodeGemvLinearMethod)
-    assert isinstance(model["spiked"].quant_method, W8ASpikeLinearMethod)
-    assert linear_of(model["plain"]) is torch.ops.vllm.neuronchip_linear and linear_of(model["spiked"]) is F.linear
-    layer = model["plain"]
+    assert type(linears["kept_float"].quant_method) is UnquantizedLinearMethod
+    assert install_decode_gemv(linears) == 2
+    assert isinstance(linears["plain"].quant_method, DecodeGemvLinearMethod)
+    assert isinstance(linears["kept_float"].quant_method, DecodeGemvLinearMethod)
+    assert isinstance(linears["spiked"].quant_method, W8ASpikeLinearMethod)
+    assert linear_of(linears["plain"]) is torch.ops.vllm.neuronchip_linear
+    assert linear_of(linears["spiked"]) is F.linear
+    layer = linears["plain"]
     nn.init.normal_(layer.weight)
     nn.init.normal_(layer.bias)
     x = torch.randn(1, 256)
     torch.testing.assert_close(layer(x)[0], F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
 
 
-def test_off_by_the_setting(monkeypatch, linears):
+def test_off_by_the_setting(monkeypatch, neuronchip_env, linears):
     monkeypatch.setattr(decode_gemv, "vllm_would_run_f_linear", lambda: True)
-    monkeypatch.setenv("NEURONCHIP_DECODE_GEMV", "0")
-    get_settings.cache_clear()
+    neuronchip_env(DECODE_GEMV="0")
     assert install_decode_gemv(linears) == 0
     assert type(linears["plain"].quant_method) is UnquantizedLinearMethod
 
@@ -65,9 +60,8 @@ def test_off_by_the_setting(monkeypatch, linears):
 def test_vllm_linears_stay_where_vllm_would_not_run_f_linear(linears):
     """On this CPU vLLM repacks the weights of its linears (and drops the originals): nothing may change."""
     assert not decode_gemv.vllm_would_run_f_linear()
-    model = linears
-    assert install_decode_gemv(model) == 0
-    assert type(model["plain"].quant_method) is UnquantizedLinearMethod
+    assert install_decode_gemv(linears) == 0
+    assert type(linears["plain"].quant_method) is UnquantizedLinearMethod
 
 
 def test_op_is_opaque_to_torch_compile():

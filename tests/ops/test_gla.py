@@ -13,7 +13,6 @@ import torch.nn.functional as F
 import vllm_neuronchip
 from vllm_neuronchip.ops import gla
 from vllm_neuronchip.ops.gla import chunk, naive, triton_chunk
-from vllm_neuronchip.settings import get_settings
 
 HEADS = [(4, 1), (4, 2), (2, 2)]  # (H, Hkv)
 DIMS = [(16, 16), (64, 64), (32, 64)]  # (K, V)
@@ -360,7 +359,7 @@ def test_triton_varlen_on_cuda(H, Hkv):
 
 
 @pytest.mark.gpu
-def test_triton_prefill_setting_matches_fla_at_the_7b_shape(monkeypatch):
+def test_triton_prefill_setting_matches_fla_at_the_7b_shape(neuronchip_env):
     """H 28, Hkv 4, K = V = 128, fp32 strided inputs: NEURONCHIP_GLA_PREFILL=triton (the default) against fla."""
     pytest.importorskip("fla", reason="fla-core is not installed")
     torch.manual_seed(9)
@@ -369,13 +368,11 @@ def test_triton_prefill_setting_matches_fla_at_the_7b_shape(monkeypatch):
     cu_seqlens, slots, warm, state = batch[4:]
     results = {}
     for backend in ("fla", "triton"):
-        monkeypatch.setenv("NEURONCHIP_GLA_PREFILL", backend)
-        get_settings.cache_clear()
+        neuronchip_env(GLA_PREFILL=backend)
         s = state.clone()
         o = gla.gla_varlen(q, k, v, g, state=s, state_indices=slots, cu_seqlens=cu_seqlens, has_initial_state=warm,
                            scale=SCALE)
         results[backend] = o, s[slots.long()]
-    get_settings.cache_clear()
     for fla_result, triton_result in zip(results["fla"], results["triton"]):
         assert_matches(triton_result, fla_result, rtol=2e-3)
 
