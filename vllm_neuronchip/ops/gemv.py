@@ -53,6 +53,13 @@ def gemv_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return (y if bias is None else y + bias.double()).to(x.dtype)
 
 
+def units_from_reference(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """The largest |got - expected| in units of the reference's dtype epsilon times max(|expected|, 1): a result
+    rounded once from an exact sum is within 1 (bf16, fp16)."""
+    unit = torch.finfo(expected.dtype).eps * expected.double().abs().clamp_min(1.0)
+    return ((got.double() - expected.double()).abs() / unit).max().item()
+
+
 @functools.cache
 def _gemv_kernel():
     import triton
