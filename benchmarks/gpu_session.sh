@@ -41,10 +41,10 @@
 #              (benchmarks/scratch/before, if carried) and the sliding-window peer; GPU kernels and GPU against wall
 #              time per token (benchmarks/gpu_latency.py --profile-decode, engines in-process);
 #              DECODE_MODELS=spikingbrain leaves the peer out
-#   gemv       benchmarks/decode_gemv.py: our one-token GEMV against cuBLAS on the 7B's projection shapes
-#   gemv-check the decode GEMV in one call: decode_gemv.py (SWEEP=1: --sweep), the GPU tests that run it (the tiny model with
-#              CUDA graphs at fp32 and bf16, the op on the 7B shapes), then batch-1 decode and a decode profile
-#              after 32K with NEURONCHIP_DECODE_GEMV=1 and =0 (in-process engines, one after the other)
+#   gemv       benchmarks/decode_gemv.py: our one-token GEMV against cuBLAS on the 7B's projection shapes (SWEEP=1: --sweep)
+#   gemv-check the decode GEMV in the model, one call: the GPU tests that run it (the tiny model with CUDA graphs at
+#              fp32 and bf16, the op on the 7B shapes), then batch-1 decode and a decode profile after 32K with
+#              NEURONCHIP_DECODE_GEMV=1 and =0 (in-process engines, one after the other)
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
 #   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
 #   tp2-tiny   (nvidia-h200-x2) vllm serve of a tiny checkpoint at TP=2 through the OpenAI API
@@ -178,10 +178,8 @@ case "$step" in
     previous_code 190 "$out/decode_profile_before.log" benchmarks/gpu_latency.py --model spikingbrain \
       "${decode_profile[@]}" --out "$out/before"
     grep -E "^\[spikingbrain\]" "$out/decode_profile_before.log" | tail -18 ;;
-  gemv) timeout 120 python3 benchmarks/decode_gemv.py --out "$out" 2>&1 | tee "$out/decode_gemv.log" ;;
+  gemv) timeout 120 python3 benchmarks/decode_gemv.py ${SWEEP:+--sweep} --out "$out" 2>&1 | tee "$out/decode_gemv.log" ;;
   gemv-check)
-    timeout 100 python3 benchmarks/decode_gemv.py ${SWEEP:+--sweep} --out "$out" > "$out/decode_gemv.log" 2>&1
-    tail -7 "$out/decode_gemv.log"
     timeout 250 python3 -m pytest -q -m gpu tests/gpu tests/ops/test_gemv.py -k "(cuda-graphs and not fla) or bf16 or gemv" \
       -p no:cacheprovider -W ignore > "$out/gpu_gemv_tests.log" 2>&1
     summary "$out/gpu_gemv_tests.log"
