@@ -47,17 +47,24 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     return y
 
 
-def gemv_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x W^T + b summed in fp64, rounded once to x's dtype."""
+def gemv_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """y = x W^T + b summed in fp64, rounded once to `dtype` (x's by default)."""
     y = x.double() @ weight.double().T
-    return (y if bias is None else y + bias.double()).to(x.dtype)
+    return (y if bias is None else y + bias.double()).to(dtype or x.dtype)
 
 
-def units_from_reference(got: torch.Tensor, expected: torch.Tensor) -> float:
-    """The largest |got - expected| in units of the reference's dtype epsilon times max(|expected|, 1): a result
-    rounded once from an exact sum is within 1 (bf16, fp16)."""
-    unit = torch.finfo(expected.dtype).eps * expected.double().abs().clamp_min(1.0)
-    return ((got.double() - expected.double()).abs() / unit).max().item()
+def share_of_error_bound(got: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                         launch: Launch = Launch()) -> float:
+    """The largest |got - y| over the bound a correct `gemv` keeps to (1 or less: within it), y the exact x W^T + b.
+    The bound is one rounding of y to x's dtype, eps |y|, plus the worst case of the fp32 sum, eps_fp32 n sum(|terms|),
+    where n counts the roundings a term passes: its product, the K / BK steps of its column slot, the sum over at
+    most BK slots, the bias."""
+    exact = gemv_reference(x, weight, bias, dtype=torch.float64)
+    terms = x.double().abs() @ weight.double().abs().T + (0 if bias is None else bias.double().abs())
+    roundings = -(-weight.shape[1] // launch.block_k) + launch.block_k + 2
+    bound = torch.finfo(x.dtype).eps * exact.abs() + torch.finfo(torch.float32).eps * roundings * terms
+    return ((got.double() - exact).abs() / bound.clamp_min(torch.finfo(torch.float64).tiny)).max().item()
 
 
 @functools.cache
