@@ -183,7 +183,7 @@ def main() -> None:
         "benchmark": "TTFT and batch-1 decode, dummy weights, bf16, CUDA graphs on, prefix caching off",
         "model": args.model, "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "device": torch.cuda.get_device_name(0), "vllm": vllm.__version__, "torch": torch.__version__,
-        "python": platform.python_version(), "env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")},
+        "python": platform.python_version(), "env": {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "NEURONCHIP_"))},
         "engine_start_s": engine_start_s,
         "decode_method": "(t(prompt + 1 + N tokens) - t(prompt + 1 token)) / N, min over repeats",
         "results": results,
