@@ -37,9 +37,9 @@ class NeuronChipSettings(BaseSettings):
         "lower TTFT, see README), or fla's chunk_gla with them repeated over the query heads (fla).",
     )
     decode_gemv: bool = Field(
-        False, description="On CUDA, run a single token's unquantized linear layers through our one-kernel Triton "
-        "GEMV (ops/gemv.py) instead of cuBLAS (model_executor/decode_gemv.py). Off until the model has run "
-        "through it on a GPU (the kernel alone has, on an H100).",
+        True, description="On CUDA, run a single token's unquantized linear layers through our one-kernel Triton "
+        "GEMV (ops/gemv.py) instead of cuBLAS (model_executor/decode_gemv.py): batch-1 decode 1.075x faster on an "
+        "H100 (see README). 0: cuBLAS throughout.",
     )
     fla_configs: str | None = Field(
         None, description="A table of pinned fla configs to use instead of ops/gla/fla_configs.json "

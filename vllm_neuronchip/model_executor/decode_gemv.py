@@ -3,8 +3,8 @@ token, F.linear (cuBLAS) for anything else.
 
 The choice is made inside the op, at run time, so torch.compile keeps one graph for every batch size and each CUDA
 graph captures the path of its own size: batch-1 decode replays the GEMV. Installed after loading, only where vLLM
-itself would run plain F.linear (CUDA, no batch-invariant mode, no FlashInfer linear backend), with
-NEURONCHIP_DECODE_GEMV=1.
+itself would run plain F.linear (CUDA, no batch-invariant mode, no FlashInfer linear backend), unless
+NEURONCHIP_DECODE_GEMV=0.
 """
 
 from typing import Optional
@@ -51,7 +51,7 @@ def vllm_would_run_f_linear() -> bool:
 
 def install_decode_gemv(model: nn.Module) -> int:
     """After loading: every linear layer of `model` with vLLM's unquantized method gets `DecodeGemvLinearMethod`
-    where vLLM would run plain F.linear, with NEURONCHIP_DECODE_GEMV=1. Returns how many layers it changed."""
+    where vLLM would run plain F.linear, unless NEURONCHIP_DECODE_GEMV=0. Returns how many layers it changed."""
     if not get_settings().decode_gemv or not vllm_would_run_f_linear():
         return 0
     layers = [m for m in model.modules()
