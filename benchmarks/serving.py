@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from vllm_neuronchip import ARCHITECTURE, MODEL_TYPE
 from vllm_neuronchip.cli import stop_server, vllm_command, wait_until_healthy
 
 SHAPES = {
@@ -103,10 +104,14 @@ def word_tokenizer(vocab_size: int):
 
 def write_model(directory: Path, model: str, shape: dict, max_len: int) -> None:
     """config.json under directory/model, the word tokenizer under directory/tokenizer: kept apart, because
-    beside a config of model_type qwen2, transformers 5 loads it as a Qwen2 BPE tokenizer (empty encodings)."""
+    beside a config of model_type qwen2, transformers 5 loads it as a Qwen2 BPE tokenizer (empty encodings). The
+    tokenizer's folder holds a config of our model type, which has no tokenizer of its own: without one, vLLM's API
+    server and engine each retried reading a config there and waited 2 s, 4 s of every measured engine start."""
     (directory / "model").mkdir(parents=True, exist_ok=True)
     (directory / "model" / "config.json").write_text(json.dumps(model_config(model, shape, max_len), indent=2))
     word_tokenizer(shape["vocab_size"]).save_pretrained(directory / "tokenizer")
+    (directory / "tokenizer" / "config.json").write_text(json.dumps({"model_type": MODEL_TYPE,
+                                                                     "architectures": [ARCHITECTURE]}))
 
 
 def parse_kv_capacity(log: str) -> dict:
