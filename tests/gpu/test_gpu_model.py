@@ -1,8 +1,8 @@
 """The model on a CUDA GPU (our Triton GLA prefill and decode kernels) equals the pure-torch reference at fp32,
 eager and with CUDA graphs (vLLM's default FULL_AND_PIECEWISE); with CUDA graphs also through fla's chunk_gla
 prefill (NEURONCHIP_GLA_PREFILL=fla); and in bf16 with CUDA graphs within bf16 noise of the reference (FlashAttention
-and Triton attention for the sliding window). Every
-linear layer runs through our one-token GEMV there (its single-token steps: the decodes of the prompts alone)."""
+and Triton attention for the sliding window). Every linear layer runs through our one-token GEMV there (its
+single-token steps: the decodes of the prompts alone)."""
 
 import pytest
 from vllm.model_executor.layers.linear import LinearBase
