@@ -29,6 +29,7 @@ from vllm_neuronchip.model_executor.checkpoint import checked_tensors, expected_
 from vllm_neuronchip.model_executor.config import SWA_LAYER, GLAswaConfig
 from vllm_neuronchip.model_executor.decode_gemv import install_decode_gemv
 from vllm_neuronchip.model_executor.gla_layer import GatedLinearAttention, gla_state_shape
+from vllm_neuronchip.model_executor.sliding_window_flash_attn import keep_window_in_schedule
 from vllm_neuronchip.quantization.checkpoint import expected_w8aspike_tensors
 from vllm_neuronchip.quantization.reference import kv_int8, spike_counts
 from vllm_neuronchip.quantization.w8aspike import W8ASpikeConfig, loadable_tensors
@@ -97,6 +98,7 @@ class SlidingWindowAttention(nn.Module):
             cache_config=vllm_config.cache_config, quant_config=quant_config,
             per_layer_sliding_window=config.sliding_window + 1, prefix=f"{prefix}.attn",
         )
+        keep_window_in_schedule(self.attn)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_proj(x)[0].split([self.q_size, self.kv_size, self.kv_size], dim=-1)
