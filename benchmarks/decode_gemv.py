@@ -1,11 +1,11 @@
 """Our one-token GEMV (`ops/gemv.py`) against cuBLAS (`F.linear`, vLLM's unquantized linear on CUDA) on the
 SpikingBrain-7B projection shapes at M = 1, bf16, one GPU, CUDA graphs.
 
-Each shape is first checked against the fp64 reference (within one bf16 unit, else the run fails), then each path is
-timed as w8aspike_gemm.py times its linears: a CUDA graph of back-to-back calls cycling over weight copies that do
-not fit in L2, median over replays. A decode step runs each shape `LAYERS_PER_SHAPE` times; the summary adds the
-saving up per token. `--sweep` also times other launch settings (`gemv.Launch`), each checked first. Prints a table
-and writes decode_gemv.json to --out:
+Each shape is first checked against the exact (fp64) result, within the GEMV's error bound
+(`gemv.share_of_error_bound`, else the run fails), then each path is timed as w8aspike_gemm.py times its linears:
+a CUDA graph of back-to-back calls cycling over weight copies that do not fit in L2, median over replays. A decode
+step runs each shape `LAYERS_PER_SHAPE` times; the summary adds the saving up per token. `--sweep` also times other
+launch settings (`gemv.Launch`), each checked first. Prints a table and writes decode_gemv.json to --out:
 
     python benchmarks/decode_gemv.py [--sweep] --out /tmp/out
 """
