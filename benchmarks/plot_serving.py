@@ -66,7 +66,7 @@ def plot(reports: dict[str, dict], folder: Path) -> None:
         axis.set(xscale="log", xlabel="prompt tokens", ylabel=unit, title=title)
         axis.grid(alpha=0.3)
     ttft.set_yscale("log")
-    decode.set_ylim(bottom=0)
+    decode.set_ylim(0, 1.1 * decode.get_ylim()[1])  # flat decode curves would touch the frame
     decode.legend(loc="lower right")
     fig.suptitle(f"vllm serve, dummy weights, {device}")
     fig.tight_layout()
