@@ -38,8 +38,8 @@ class NeuronChipSettings(BaseSettings):
     )
     decode_gemv: bool = Field(
         True, description="On CUDA, run a single token's unquantized linear layers through our one-kernel Triton "
-        "GEMV (ops/gemv.py) instead of cuBLAS (model_executor/decode_gemv.py): batch-1 decode 1.075x faster on an "
-        "H100 (see README). 0: cuBLAS throughout.",
+        "GEMV (ops/gemv.py) instead of cuBLAS (model_executor/decode_gemv.py): batch-1 decode 1.02-1.08x faster on "
+        "two H100s (see README). 0: cuBLAS throughout.",
     )
     fla_configs: str | None = Field(
         None, description="A table of pinned fla configs to use instead of ops/gla/fla_configs.json "
