@@ -34,12 +34,12 @@ class NeuronChipSettings(BaseSettings):
     gla_prefill: Literal["triton", "fla"] = Field(
         "triton", description="GLA prefill on CUDA: our GQA-aware Triton kernels keeping k/v/g and states per KV "
         "head (triton, ops/gla/triton_chunk.py; on an H100 1.5-1.7x less GPU time than fla per 7B layer and a 4% "
-        "lower TTFT, see README), or fla's chunk_gla with them repeated over the query heads (fla).",
+        "lower TTFT, see benchmarks/README.md), or fla's chunk_gla with them repeated over the query heads (fla).",
     )
     decode_gemv: bool = Field(
         True, description="On CUDA, run a single token's unquantized linear layers through our one-kernel Triton "
         "GEMV (ops/gemv.py) instead of cuBLAS (model_executor/decode_gemv.py): batch-1 decode 1.02-1.08x faster on "
-        "two H100s (see README). 0: cuBLAS throughout.",
+        "two H100s (see benchmarks/README.md). 0: cuBLAS throughout.",
     )
     fla_configs: str | None = Field(
         None, description="A table of pinned fla configs to use instead of ops/gla/fla_configs.json "
