@@ -26,6 +26,22 @@ def test_general_plugin_registers_config_and_architecture_idempotently():
     assert type(AutoConfig.for_model(MODEL_TYPE)).__name__ == "GLAswaConfig"
 
 
+def test_vllm_inspects_the_architecture_without_a_subprocess(monkeypatch, tmp_path):
+    """With an empty model-info cache (a new machine or container), vLLM would inspect a lazily registered class
+    in a fresh Python subprocess (9 s on a 2-core CPU); the class registered itself is inspected in-process."""
+    import vllm.model_executor.models.registry as registry
+    from vllm import ModelRegistry
+
+    def no_subprocess(fn):
+        raise AssertionError("vLLM inspected GLAswaForCausalLM in a subprocess")
+
+    register()
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path))
+    monkeypatch.setattr(registry, "_run_in_subprocess", no_subprocess)
+    info = ModelRegistry.models[ARCHITECTURE].inspect_model_cls()
+    assert info.is_hybrid and info.has_inner_state
+
+
 def test_platform_plugin_is_opt_in(neuronchip_env):
     neuronchip_env()
     assert register_platform() is None
