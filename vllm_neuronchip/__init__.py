@@ -19,8 +19,9 @@ def register() -> None:
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         # The class itself, not "module:Class": vLLM inspects a lazily registered class in a fresh Python
         # subprocess whenever its cache (~/.cache/vllm/modelinfos) lacks it, as on every new machine or
-        # container: 9 s on a 2-core CPU and about 19 s on a fresh H100, against 0.7 s to import the module here
-        # (it initialises no CUDA; fla is imported on first use).
+        # container (a cold `vllm serve` of the tiny model on 2 CPU cores: 33.1 s that way, 26.1 s this way,
+        # benchmarks/engine_start.py). Importing the model module here takes 0.7 s there and initialises no
+        # CUDA (fla is imported on first use).
         from vllm_neuronchip.model_executor.spikingbrain import GLAswaForCausalLM
 
         ModelRegistry.register_model(ARCHITECTURE, GLAswaForCausalLM)
