@@ -48,12 +48,14 @@
 #   w8aspike-ratio  W8ASpike against bf16 under the current defaults (decode GEMV on), one call: TTFT at 1K and 4K and
 #              batch-1 decode after each, in-process engines one after the other (W8ASpike first: its cold compile
 #              is the longer)
+#   engine-start  benchmarks/engine_start.py: cold and warm `vllm serve` starts of the tiny checkpoint (caches emptied
+#              for each cold one), alternating with the previous code (benchmarks/scratch/before, if carried)
 #   pair A B   (two GPUs) steps A and B at once, A on GPU 0 and B on GPU 1 (quote a step with arguments)
 #   tp2-test   (nvidia-h200-x2) the tiny checkpoint at TP=2 on two GPUs against the reference
 #   tp2-tiny   (nvidia-h200-x2) vllm serve of a tiny checkpoint at TP=2 through the OpenAI API
 #   tp1, tp2   TTFT at 128K and 512K, decode after each, TP=1 (run with CUDA_VISIBLE_DEVICES=0) or TP=2
 set -uo pipefail
-step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-prefill-sweep|w8aspike-tests|w8aspike-serve|w8aspike-down-serve|bf16-serve|capacity|capacity-both|profile|gla-prefill|ttft-gla|ttft-peers|decode-profile|gemv|gemv-check|w8aspike-ratio|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
+step="${1:?usage: benchmarks/gpu_session.sh tune|tests|debug|ours|ours-bench|dense|swa|w8aspike|w8aspike-prefill-sweep|w8aspike-tests|w8aspike-serve|w8aspike-down-serve|bf16-serve|capacity|capacity-both|profile|gla-prefill|ttft-gla|ttft-peers|decode-profile|gemv|gemv-check|w8aspike-ratio|engine-start|tp1|tp2-test|tp2-tiny|tp2|pair A B}"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 export PYTHONPATH="/var/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}" VLLM_USE_FLASHINFER_SAMPLER=0
@@ -194,6 +196,10 @@ case "$step" in
     for model in spikingbrain-w8aspike spikingbrain; do
       latency "$model" 300 "ratio_$model" 3 --lengths 1024 4096 --repeats 2 --decode-tokens 128 --out "$out"
     done ;;
+  engine-start)
+    baseline=(); [ -d benchmarks/scratch/before ] && baseline=(--baseline benchmarks/scratch/before)
+    timeout 560 python3 benchmarks/engine_start.py --repeats 2 "${baseline[@]}" --out "$out" > "$out/engine_start.log" 2>&1
+    grep -a -E "^\[|cold" "$out/engine_start.log" | tail -12 ;;
   tp1) serving spikingbrain 580 --lengths 131072 524288 --decode-only --concurrency ;;
   tp2-test)  # the tiny checkpoint at TP=2 against the reference, eager and CUDA graphs at once; cold workers: minutes
     variants=(eager cuda-graphs)
