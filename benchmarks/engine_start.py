@@ -52,6 +52,18 @@ def commit_of(code: Path) -> str:
                           text=True).stdout.strip()
 
 
+def device_name() -> str:
+    """The GPU's name, else the CPU model's."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+              if line.startswith("model name")]
+    return models[0] if models else platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -78,7 +90,7 @@ def main() -> None:
 
     report = {
         "benchmark": __doc__.split("\n")[0], "command": " ".join(["python", *sys.argv]),
-        "device": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "device": device_name(), "cpus": os.cpu_count(),
         "vllm": vllm.__version__, "torch": torch.__version__, "python": platform.python_version(),
         "code": {name: {"path": str(code), "commit": commit_of(code)} for name, code in codes.items()},
         "runs": runs, "median_s": {name: {kind: statistics.median(v) for kind, v in r.items()} for name, r in runs.items()},
