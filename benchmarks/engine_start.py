@@ -11,15 +11,14 @@ also starts the server on that code (PYTHONPATH=DIR), alternating, so both are m
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from vllm_neuronchip.cli import stop_server, tiny_serve_command, wait_until_healthy
+from serving import Server, versions  # the serving benchmark's server and device record
+from vllm_neuronchip.cli import tiny_serve_command
 from vllm_neuronchip.tiny_checkpoint import save_checkpoint
 
 
@@ -32,36 +31,18 @@ def start_seconds(model_dir: Path, caches: Path, code: Path, port: int, log_path
     env = os.environ | {"VLLM_CACHE_ROOT": str(caches / "vllm"), "TRITON_CACHE_DIR": str(caches / "triton"),
                         "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
                         "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))}
-    began = time.perf_counter()
-    with open(log_path, "a") as log:
-        server = subprocess.Popen(tiny_serve_command(model_dir, "tiny", port, max_model_len=1024), env=env,
-                                  cwd=model_dir.parent, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(tiny_serve_command(model_dir, "tiny", port, max_model_len=1024), log_path, port, env=env,
+                    cwd=model_dir.parent)
     try:
-        wait_until_healthy(f"http://127.0.0.1:{port}", server, timeout_s)
-        return time.perf_counter() - began
-    except Exception:
-        print(log_path.read_text()[-4000:], file=sys.stderr)
-        raise
+        return server.start(timeout_s)
     finally:
-        stop_server(server)
+        server.stop()
 
 
 def commit_of(code: Path) -> str:
     """The checkout's commit, "-dirty" when it has uncommitted changes."""
     return subprocess.run(["git", "-C", str(code), "describe", "--always", "--dirty"], capture_output=True,
                           text=True).stdout.strip()
-
-
-def device_name() -> str:
-    """The GPU's name, else the CPU model's."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-              if line.startswith("model name")]
-    return models[0] if models else platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -85,13 +66,9 @@ def main() -> None:
                 seconds = start_seconds(work / "model", caches, code, args.port, log_path, args.timeout)
                 runs[name][kind].append(round(seconds, 2))
                 print(f"[{name}] repeat {repeat} {kind[:-2]} start {seconds:.1f} s", flush=True)
-    import torch
-    import vllm
-
     report = {
-        "benchmark": __doc__.split("\n")[0], "command": " ".join(["python", *sys.argv]),
-        "device": device_name(), "cpus": os.cpu_count(),
-        "vllm": vllm.__version__, "torch": torch.__version__, "python": platform.python_version(),
+        "benchmark": __doc__.split("\n")[0], "command": " ".join(["python", *sys.argv]), **versions(),
+        "cpus": os.cpu_count(),
         "code": {name: {"path": str(code), "commit": commit_of(code)} for name, code in codes.items()},
         "runs": runs, "median_s": {name: {kind: statistics.median(v) for kind, v in r.items()} for name, r in runs.items()},
     }

@@ -5,10 +5,8 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from serving import cpu_model  # the device name the serving benchmarks record
 from vllm_neuronchip.ops import gla
 from vllm_neuronchip.ops.gla import chunk
 
@@ -61,12 +60,6 @@ def gemm_gflops():
         a @ b
         times.append(time.perf_counter() - start)
     return 2 * a.numel() * b.shape[-1] / min(times) / 1e9
-
-
-def cpu_model():
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    return fields.get("Model name", platform.processor()).strip()
 
 
 def main():

@@ -128,16 +128,19 @@ def parse_kv_capacity(log: str) -> dict:
 
 
 class Server:
-    """`vllm serve` in a subprocess, its log in a file; `start()` returns seconds to healthy."""
+    """A `vllm serve` command in a subprocess (optionally its own environment and working directory), its log in a
+    file; `start()` returns seconds to healthy."""
 
-    def __init__(self, args: list[str], log_path: Path, port: int):
-        self.args, self.log_path, self.url = args, log_path, f"http://127.0.0.1:{port}"
-        self.process = None
+    def __init__(self, command: list[str], log_path: Path, port: int, env: dict | None = None,
+                 cwd: Path | None = None):
+        self.command, self.log_path, self.url = command, log_path, f"http://127.0.0.1:{port}"
+        self.env, self.cwd, self.process = env, cwd, None
 
     def start(self, timeout_s: float) -> float:
         began = time.perf_counter()
         with open(self.log_path, "a") as log:
-            self.process = subprocess.Popen(vllm_command("serve", *self.args), stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=log,
+                                            stderr=subprocess.STDOUT)
         try:
             wait_until_healthy(self.url, self.process, timeout_s)
         except Exception:
@@ -278,11 +281,17 @@ def bench_serve(server: Server, name: str, tokenizer_dir: Path, concurrency: int
     return {"concurrency": concurrency} | {k: saved[k] for k in keys if k in saved}
 
 
+def cpu_model() -> str:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    return fields.get("Model name", platform.processor()).strip()
+
+
 def versions() -> dict:
     import torch
     import vllm
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_model()
     return {"device": device, "vllm": vllm.__version__, "torch": torch.__version__,
             "python": platform.python_version()}
 
@@ -354,7 +363,7 @@ def main() -> None:
 
     from openai import OpenAI
 
-    server = Server(serve_args, log_path, args.port)
+    server = Server(vllm_command("serve", *serve_args), log_path, args.port)
     try:
         save(engine_start_s=server.start(args.start_timeout))
         save(**parse_kv_capacity(log_path.read_text()))
